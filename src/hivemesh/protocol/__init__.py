@@ -1,0 +1,1 @@
+"""Wire types only: the OpenAI edge, router<->miner messages. Imports nothing else of hivemesh."""

@@ -1,0 +1,238 @@
+"""The miner WebSocket hub: who is connected, what they serve, how busy they are, and where their messages go.
+
+A miner dials in; the hub sends a Challenge, checks the signed Hello (the node id is the address that signed
+it), then routes every later frame to the task run it belongs to. Malformed frames, bad signatures and messages
+for tasks a node was not given are recorded against the node and dropped; a node that keeps doing it is cut off.
+Nothing a miner sends can raise out of the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from hivemesh.errors import BadSignature
+from hivemesh.identity import Identity, verify
+from hivemesh.protocol import wire
+from hivemesh.store.db import Store
+
+log = logging.getLogger(__name__)
+
+MAX_STRIKES = 20  # protocol violations on one connection before the hub hangs up
+HELLO_TIMEOUT_S = 10.0
+
+
+class TaskSink(Protocol):
+    """A task run, as the hub sees it."""
+
+    def on_message(self, node: str, msg: wire.FromMiner) -> None: ...
+
+    def on_disconnect(self, node: str) -> None: ...
+
+
+@dataclass(eq=False)
+class MinerLink:
+    node: str
+    nonce: str
+    ws: WebSocket
+    models: frozenset[str]
+    cards: tuple[wire.ModelCard, ...]
+    capacity: int
+    pool: int
+    hardware: wire.Hardware
+    version: str
+    connected_at: float = field(default_factory=time.time)
+    inflight: int = 0
+    strikes: int = 0
+    finished: int = 0  # tasks completed on this connection's node (for the new-node share)
+    closed: bool = False
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.inflight
+
+    async def send(self, msg: wire._Msg) -> bool:
+        if self.closed:
+            return False
+        try:
+            await self.ws.send_text(wire.encode(msg))
+            return True
+        except Exception:  # a dead socket is a disconnect, noticed by the receive loop
+            return False
+
+
+class MinerHub:
+    def __init__(self, identity: Identity, store: Store) -> None:
+        self.identity = identity
+        self.store = store
+        self.links: dict[str, MinerLink] = {}
+        self.runs: dict[str, TaskSink] = {}
+        self.listeners: list[Callable[[], None]] = []  # woken when capacity may have freed up
+        self.finished_counts: dict[str, int] = {}
+        self.scores: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ queries used by the scheduler
+
+    def models(self) -> dict[str, wire.ModelCard]:
+        out: dict[str, wire.ModelCard] = {}
+        for link in self.links.values():
+            for card in link.cards:
+                out.setdefault(card.id, card)
+        return out
+
+    def score(self, node: str) -> float:
+        """The node's total reputation score in [0, 1] (neutral until reputation is wired in)."""
+        return self.scores.get(node, 0.5)
+
+    def serving(self, model: str) -> list[MinerLink]:
+        return [ln for ln in self.links.values() if model in ln.models and not ln.closed]
+
+    def reserve(self, node: str) -> MinerLink | None:
+        link = self.links.get(node)
+        if link is None or link.closed or link.free < 1:
+            return None
+        link.inflight += 1
+        return link
+
+    def release(self, link: MinerLink) -> None:
+        link.inflight = max(0, link.inflight - 1)
+        self._notify()
+
+    def _notify(self) -> None:
+        for cb in list(self.listeners):
+            cb()
+
+    # ------------------------------------------------------------------ connection lifecycle
+
+    async def serve(self, ws: WebSocket) -> None:
+        await ws.accept()
+        nonce = secrets.token_hex(16)
+        try:
+            await ws.send_text(wire.encode(wire.Challenge(nonce=nonce, router=self.identity.address)))
+            raw = await asyncio.wait_for(ws.receive_text(), HELLO_TIMEOUT_S)
+            hello = wire.decode_from_miner(raw)
+            if not isinstance(hello, wire.Hello):
+                raise BadSignature("first frame must be hello")
+            if hello.nonce != nonce:
+                raise BadSignature("hello answers another challenge (replayed?)")
+            verify(wire.signing_payload(hello, nonce), hello.sig, hello.node)
+        except (ValidationError, ValueError, BadSignature, TimeoutError) as exc:
+            log.warning("miner rejected at hello reason=%s", _short(exc))
+            await _close(ws, 4401, f"hello rejected: {_short(exc)}")
+            return
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        node = hello.node
+        link = MinerLink(
+            node=node,
+            nonce=nonce,
+            ws=ws,
+            models=frozenset(c.id for c in hello.models),
+            cards=hello.models,
+            capacity=hello.capacity,
+            pool=hello.pool,
+            hardware=hello.hardware,
+            version=hello.version,
+            finished=self.finished_counts.get(node, 0),
+        )
+        old = self.links.get(node)
+        if old is not None:  # the same node reconnected: the new connection wins
+            await self._drop(old, "replaced by a new connection")
+        self.links[node] = link
+        await self.store.upsert_node(
+            node,
+            {
+                "models": [c.model_dump() for c in hello.models],
+                "capacity": hello.capacity,
+                "pool": hello.pool,
+                "hardware": hello.hardware.model_dump(),
+                "version": hello.version,
+            },
+        )
+        await link.send(wire.Welcome(node=node))
+        log.info("miner joined node=%s models=%s capacity=%d", node, sorted(link.models), link.capacity)
+        self._notify()
+        try:
+            await self._receive_loop(link)
+        finally:
+            await self._drop(link, "disconnected")
+
+    async def _receive_loop(self, link: MinerLink) -> None:
+        while True:
+            try:
+                raw = await link.ws.receive_text()
+            except (WebSocketDisconnect, RuntimeError, KeyError):
+                return
+            try:
+                msg = wire.decode_from_miner(raw)
+            except (ValidationError, ValueError) as exc:
+                self.strike(link, "garbage", None, _short(exc))
+                if link.strikes >= MAX_STRIKES:
+                    return
+                continue
+            self._route(link, msg)
+            if link.strikes >= MAX_STRIKES:
+                await _close(link.ws, 4400, "too many protocol violations")
+                return
+
+    def _route(self, link: MinerLink, msg: wire.FromMiner) -> None:
+        if isinstance(msg, wire.Pong):
+            return
+        if isinstance(msg, wire.Hello):
+            self.strike(link, "garbage", None, "second hello")
+            return
+        task_id = msg.task_id
+        if isinstance(msg, wire.Ack | wire.Precommit | wire.Commit):
+            if msg.node != link.node:
+                self.strike(link, "bad_signature", task_id, f"message names node {msg.node}")
+                return
+            try:
+                verify(wire.signing_payload(msg, link.nonce), msg.sig, link.node)
+            except BadSignature as exc:
+                self.strike(link, "bad_signature", task_id, str(exc))
+                return
+        run = self.runs.get(task_id)
+        if run is None:
+            self.strike(link, "unsolicited", task_id, f"{msg.type} for a task not in flight (replay?)")
+            return
+        run.on_message(link.node, msg)
+
+    def strike(self, link: MinerLink, kind: str, task_id: str | None, detail: str) -> None:
+        link.strikes += 1
+        log.warning("miner strike node=%s kind=%s task_id=%s detail=%s", link.node, kind, task_id, detail[:200])
+        self.store.node_event(link.node, kind, task_id, detail)
+
+    async def _drop(self, link: MinerLink, why: str) -> None:
+        if link.closed:
+            return
+        link.closed = True
+        if self.links.get(link.node) is link:
+            del self.links[link.node]
+        log.info("miner left node=%s reason=%s", link.node, why)
+        for run in list(self.runs.values()):
+            run.on_disconnect(link.node)
+        await _close(link.ws, 1000, why)
+        self._notify()
+
+    async def close(self) -> None:
+        for link in list(self.links.values()):
+            await self._drop(link, "router shutting down")
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    try:
+        await ws.close(code=code, reason=reason[:120])
+    except Exception:  # already closed
+        pass
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

@@ -1,0 +1,468 @@
+"""One task's proof-of-useful-work, driven to its end: assign → ack → precommit → commit → validate → end.
+
+A ``TaskRun`` owns k slots (one miner each). Miners' messages arrive through the hub as events; deadlines are
+checked between events. A slot that misses a deadline, disconnects, reveals something other than it precommitted,
+or streams text it does not commit to, fails with that reason and is replaced by the next node of the seeded
+shuffle, so a task is never dropped while eligible miners exist.
+
+The answer is delivered (``answer`` future, or the stream queue) as soon as a quorum agrees; the run then waits
+for the remaining slots so that every miner's dissent or timeout lands on the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import insert, update
+
+from hivemesh.core.agreement import Decision, Reveal, decide
+from hivemesh.core.selection import Candidate, rank
+from hivemesh.errors import HivemeshError, NoMinerAvailable, UpstreamFailed
+from hivemesh.identity import Identity
+from hivemesh.protocol import wire
+from hivemesh.protocol.wire import NodeId
+from hivemesh.router.domain import Outcome, TaskSpec, Verdict
+from hivemesh.router.hub import MinerHub, MinerLink
+from hivemesh.store import schema as s
+from hivemesh.store.db import Store
+
+log = logging.getLogger(__name__)
+
+PENDING = ("assigned", "acked", "precommitted", "revealing")
+PHASES = ("queued", "assigned", "acked", "precommitted", "committed", "validated")  # task phase only moves forward
+
+
+@dataclass(eq=False)
+class Slot:
+    node: str
+    link: MinerLink
+    index: int
+    status: str = "assigned"
+    assigned_at: float = field(default_factory=time.monotonic)
+    deadline: float = 0.0
+    digest: str | None = None
+    parts: list[str] = field(default_factory=list)
+    first_delta_at: float | None = None
+    commit: wire.Commit | None = None
+    reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class StreamEnd:
+    """Put on the stream queue last: the outcome, or the error that ended the stream."""
+
+    def __init__(self, outcome: Outcome | None = None, error: HivemeshError | None = None) -> None:
+        self.outcome = outcome
+        self.error = error
+
+
+class TaskRun:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        *,
+        hub: MinerHub,
+        store: Store,
+        identity: Identity,
+        embed: Any = None,  # async (texts) -> np.ndarray, for semantic mode
+        stream: asyncio.Queue[str | StreamEnd] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.hub = hub
+        self.store = store
+        self.identity = identity
+        self.embed = embed
+        self.stream = stream
+        sess = spec.session
+        self.mode = sess.mode if (sess.mode != "semantic" or embed is not None) else "exact"
+        self.events: asyncio.Queue[tuple[str, wire.FromMiner | None]] = asyncio.Queue()
+        self.slots: dict[str, Slot] = {}
+        self.order: list[str] = []
+        self.reveals: list[tuple[Slot, wire.Commit]] = []
+        self.vectors: list[np.ndarray] = []
+        self.answer: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.leader: Slot | None = None
+        self.sent = ""
+        self.k = sess.redundancy
+        self.m = sess.quorum
+        self.immediate = False
+        self.phase = 0
+
+    # ------------------------------------------------------------------ hub callbacks
+
+    def on_message(self, node: str, msg: wire.FromMiner) -> None:
+        self.events.put_nowait((node, msg))
+
+    def on_disconnect(self, node: str) -> None:
+        if node in self.slots:
+            self.events.put_nowait((node, None))
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self) -> None:
+        self.hub.runs[self.spec.id] = self
+        try:
+            await self._start()
+            while self._pending():
+                timeout = min(sl.deadline for sl in self.slots.values() if sl.status in PENDING) - time.monotonic()
+                try:
+                    node, msg = await asyncio.wait_for(self.events.get(), max(0.0, timeout))
+                except TimeoutError:
+                    await self._expire()
+                else:
+                    await self._handle(node, msg)
+                await self._progress()
+            await self._finish()
+        except HivemeshError as exc:
+            await self._fail(exc)
+        except Exception as exc:
+            log.exception("task run crashed task_id=%s", self.spec.id)
+            await self._fail(UpstreamFailed(f"internal error while running the task: {exc}"))
+        finally:
+            for sl in self.slots.values():
+                if sl.status in PENDING:
+                    await sl.link.send(wire.Cancel(task_id=self.spec.id, reason="task ended"))
+                    self._release(sl)
+            self.hub.runs.pop(self.spec.id, None)
+
+    async def _start(self) -> None:
+        spec = self.spec
+        serving = self.hub.serving(spec.model)
+        seed = spec.params.seed
+        cands = [
+            Candidate(
+                node=NodeId(ln.node),
+                score=self.hub.score(ln.node),
+                free=max(ln.free, 0) or 1,
+                capacity=ln.capacity,
+                record=ln.finished,
+            )
+            for ln in serving
+        ]
+        self.order = list(rank(cands, seed))
+        self.k = min(self.k, len(self.order)) or 1
+        self.immediate = self.k == 1 and self.mode == "none"
+        self._submit(
+            update(s.tasks).where(s.tasks.c.id == spec.id).values(candidates=self.order, updated_at=time.time())
+        )
+        while len(self.slots) < self.k and self.order:
+            await self._assign_next()
+        if not self.slots:
+            raise NoMinerAvailable(f"no miner serving {spec.model!r} has free capacity", retry_after=1)
+
+    async def _assign_next(self) -> bool:
+        while self.order:
+            node = self.order.pop(0)
+            link = self.hub.reserve(node)
+            if link is None:
+                continue
+            sess = self.spec.session
+            slot = Slot(node=node, link=link, index=len(self.slots))
+            slot.deadline = slot.assigned_at + sess.ack_timeout_s
+            self.slots[node] = slot
+            assign = wire.Assign(
+                task_id=self.spec.id,
+                model=self.spec.model,
+                kind=self.spec.kind,
+                messages=self.spec.messages,
+                prompt=self.spec.prompt,
+                params=self.spec.params,
+                stream=self.stream is not None,
+                reveal="immediate" if self.immediate else "on_request",
+                deadline_ms=int(sess.precommit_timeout_s * 1000),
+            )
+            assign = assign.model_copy(update={"sig": self.identity.sign(wire.signing_payload(assign, link.nonce))})
+            now = time.time()
+            self._submit(
+                insert(s.assignments).values(
+                    task_id=self.spec.id, node=node, slot=slot.index, status="assigned", assigned_at=now
+                )
+            )
+            self._event("assigned", node)
+            if await link.send(assign):
+                return True
+            self._fail_slot(slot, "disconnected")
+        return False
+
+    # ------------------------------------------------------------------ events
+
+    async def _handle(self, node: str, msg: wire.FromMiner | None) -> None:
+        slot = self.slots.get(node)
+        if slot is None:
+            return
+        if msg is None:
+            self._fail_slot(slot, "disconnected")
+            return
+        if slot.status not in PENDING:
+            self.hub.strike(slot.link, "replay", self.spec.id, f"{msg.type} after the slot ended ({slot.status})")
+            return
+        now = time.monotonic()
+        sess = self.spec.session
+        if isinstance(msg, wire.Ack):
+            if slot.status != "assigned":
+                self.hub.strike(slot.link, "replay", self.spec.id, "duplicate ack")
+                return
+            slot.status = "acked"
+            slot.deadline = slot.assigned_at + sess.precommit_timeout_s
+            self._slot_update(slot, acked_at=time.time())
+            self._event("acked", node)
+        elif isinstance(msg, wire.Delta):
+            if msg.index != len(slot.parts) or slot.status not in ("assigned", "acked"):
+                self.hub.strike(slot.link, "garbage", self.spec.id, f"delta {msg.index} out of order")
+                self._fail_slot(slot, "garbage")
+                return
+            if slot.first_delta_at is None:
+                slot.first_delta_at = now
+            slot.parts.append(msg.text)
+            await self._forward(slot)
+        elif isinstance(msg, wire.Precommit):
+            if self.immediate or slot.status not in ("assigned", "acked"):
+                self.hub.strike(slot.link, "replay", self.spec.id, "unexpected precommit")
+                return
+            slot.status = "precommitted"
+            slot.digest = msg.digest.lower().removeprefix("0x")
+            slot.deadline = slot.assigned_at + sess.precommit_timeout_s + sess.commit_timeout_s
+            self._slot_update(slot, status="precommitted", precommit_at=time.time(), digest=slot.digest)
+            self._event("precommitted", node, digest=slot.digest)
+        elif isinstance(msg, wire.Commit):
+            await self._on_commit(slot, msg)
+        elif isinstance(msg, wire.TaskFailed):
+            self._fail_slot(slot, f"miner_error: {msg.message[:200]}")
+
+    async def _on_commit(self, slot: Slot, msg: wire.Commit) -> None:
+        expected = "revealing" if not self.immediate else None
+        if expected and slot.status != expected:
+            self.hub.strike(slot.link, "replay", self.spec.id, f"commit while {slot.status}")
+            return
+        if self.immediate and slot.status not in ("assigned", "acked"):
+            self.hub.strike(slot.link, "replay", self.spec.id, "duplicate commit")
+            return
+        if not self.immediate:
+            try:
+                salt = bytes.fromhex(msg.salt.removeprefix("0x"))
+            except ValueError:
+                salt = b""
+            if hashlib.sha256(salt + msg.output.encode()).hexdigest() != slot.digest:
+                self.hub.strike(slot.link, "bad_reveal", self.spec.id, "reveal does not match precommit")
+                self._fail_slot(slot, "bad_reveal")
+                return
+        if slot.parts and slot.text != msg.output:
+            self.hub.strike(slot.link, "stream_mismatch", self.spec.id, "committed text differs from streamed")
+            self._fail_slot(slot, "stream_mismatch")
+            return
+        slot.status = "committed"
+        slot.commit = msg
+        ttft = int((slot.first_delta_at - slot.assigned_at) * 1000) if slot.first_delta_at else None
+        self._slot_update(
+            slot,
+            status="committed",
+            commit_at=time.time(),
+            output=msg.output,
+            salt=msg.salt,
+            elapsed_ms=msg.elapsed_ms,
+            ttft_ms=ttft,
+            completion_tokens=msg.usage.completion_tokens,
+        )
+        self._event("committed", slot.node)
+        if self.stream is not None and not slot.parts and msg.output:
+            slot.parts.append(msg.output)  # a miner that did not stream can still lead
+            await self._forward(slot)
+        if self.mode == "semantic" and self.embed is not None:
+            self.vectors.append((await self.embed([msg.output]))[0])
+        self.reveals.append((slot, msg))
+
+    async def _expire(self) -> None:
+        now = time.monotonic()
+        for sl in list(self.slots.values()):
+            if sl.status in PENDING and sl.deadline <= now:
+                phase = {"assigned": "ack", "acked": "precommit", "precommitted": "commit", "revealing": "commit"}
+                self.hub.strike(sl.link, "timeout", self.spec.id, f"missed the {phase[sl.status]} deadline")
+                self._fail_slot(sl, f"timeout_{phase[sl.status]}")
+
+    # ------------------------------------------------------------------ progress: reveals, decisions, swaps
+
+    async def _progress(self) -> None:
+        if not self.answer.done():
+            # replace failed slots while the answer is open
+            live = sum(1 for sl in self.slots.values() if sl.status in PENDING or sl.status == "committed")
+            while live < self.k and self.order:
+                if not await self._assign_next():
+                    break
+                self._event("swapped", None, live=live)
+                live += 1
+        pre = [sl for sl in self.slots.values() if sl.status in ("precommitted", "revealing", "committed")]
+        generating = [sl for sl in self.slots.values() if sl.status in ("assigned", "acked")]
+        if pre and (len(pre) >= self.m or not generating):
+            for sl in pre:
+                if sl.status == "precommitted":
+                    sl.status = "revealing"
+                    sl.deadline = time.monotonic() + self.spec.session.commit_timeout_s
+                    self._event("reveal_requested", sl.node)
+                    await sl.link.send(wire.RevealRequest(task_id=self.spec.id))
+        if not self.answer.done() and self.reveals:
+            d = self._decide()
+            if d.verdict != "disputed" or not self._pending():
+                await self._deliver(d)
+
+    def _decide(self) -> Decision:
+        reveals = [Reveal(NodeId(sl.node), c.output) for sl, c in self.reveals]
+        if self.mode == "none":
+            return decide(reveals[:1], mode="none", quorum=1)
+        vectors = np.stack(self.vectors) if self.mode == "semantic" else None
+        quorum = min(self.m, len(reveals)) if not self._pending() and len(reveals) < self.m else self.m
+        d = decide(reveals, mode=self.mode, quorum=quorum, threshold=self.spec.session.threshold, vectors=vectors)
+        if d.verdict == "verified" and len(d.consensus) < self.m:
+            # fewer miners than the quorum could ever answer: an answer, but not a verified one
+            d = Decision("unverified", d.answer, d.consensus, d.dissent, d.score, d.similarity, d.groups)
+        return d
+
+    async def _deliver(self, d: Decision) -> None:
+        slot, commit = self.reveals[d.answer]
+        verdict: Verdict = d.verdict
+        text, lead = commit.output, slot
+        if self.stream is not None and self.leader is not None:
+            lead = self.leader
+            text = self.sent
+            if lead.node not in d.consensus or lead.commit is None or lead.commit.output != self.sent:
+                verdict = "disputed" if d.verdict != "unverified" else "unverified"
+        usage = (lead.commit or commit).usage
+        outcome = Outcome(
+            task_id=self.spec.id,
+            session_id=self.spec.session.id,
+            text=text,
+            finish_reason=(lead.commit or commit).finish_reason,
+            usage=usage,
+            verdict=verdict,
+            mode=self.mode,
+            score=d.score,
+            similarity=d.similarity,
+            miners=tuple(self.slots),
+            consensus=tuple(d.consensus),
+            dissent=tuple(n for n in self.slots if n not in d.consensus),
+            answered_by=lead.node,
+        )
+        self._event("validated", None, verdict=verdict, agreement=d.score)
+        self.answer.set_result(outcome)
+
+    async def _forward(self, slot: Slot) -> None:
+        if self.stream is None or self.answer.done():
+            return
+        if self.leader is None or self.leader.status not in PENDING + ("committed",):
+            if not slot.text.startswith(self.sent):
+                return
+            self.leader = slot
+        if slot is not self.leader:
+            return
+        text = slot.text
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            self.stream.put_nowait(text[len(self.sent) :])
+            self.sent = text
+
+    # ------------------------------------------------------------------ ends
+
+    def _pending(self) -> bool:
+        return any(sl.status in PENDING for sl in self.slots.values())
+
+    async def _finish(self) -> None:
+        if not self.reveals:
+            reasons = sorted({sl.reason or "?" for sl in self.slots.values()})
+            raise UpstreamFailed(f"no miner completed the task ({', '.join(reasons)})")
+        if not self.answer.done():
+            await self._deliver(self._decide())
+        outcome = self.answer.result()
+        final = self._decide()
+        winners = {self.reveals[final.answer][0].node} | set(final.consensus)
+        for sl, _ in self.reveals:
+            agree = sl.node in outcome.consensus or (sl.node in winners and outcome.answered_by in winners)
+            self._slot_update(sl, in_consensus=agree)
+            if not agree:
+                self.hub.strike(sl.link, "dissent", self.spec.id, "outvoted")
+        for sl, _ in self.reveals:
+            sl.link.finished += 1
+            self.hub.finished_counts[sl.node] = sl.link.finished
+        self._event("ended", None, verdict=outcome.verdict)
+        await self.store.write(
+            update(s.tasks)
+            .where(s.tasks.c.id == self.spec.id)
+            .values(
+                phase="ended",
+                verdict=outcome.verdict,
+                answer=outcome.text,
+                finish_reason=outcome.finish_reason,
+                prompt_tokens=outcome.usage.prompt_tokens,
+                completion_tokens=outcome.usage.completion_tokens,
+                result=outcome.verification(),
+                updated_at=time.time(),
+                finished_at=time.time(),
+            )
+        )
+        if self.stream is not None:
+            self.stream.put_nowait(StreamEnd(outcome))
+
+    async def _fail(self, exc: HivemeshError) -> None:
+        log.warning("task failed task_id=%s reason=%s", self.spec.id, exc.message)
+        self._event("failed", None, reason=exc.message)
+        try:
+            await self.store.write(
+                update(s.tasks)
+                .where(s.tasks.c.id == self.spec.id)
+                .values(phase="failed", error=exc.message, updated_at=time.time(), finished_at=time.time())
+            )
+        finally:
+            if not self.answer.done():
+                self.answer.set_exception(exc)
+                self.answer.exception()  # mark retrieved: the caller may be gone
+            if self.stream is not None:
+                self.stream.put_nowait(StreamEnd(error=exc))
+
+    def _fail_slot(self, slot: Slot, reason: str) -> None:
+        if slot.status not in PENDING:
+            return
+        slot.status = "failed"
+        slot.reason = reason
+        self._release(slot)
+        self._slot_update(slot, status="failed", reason=reason)
+        self._event("slot_failed", slot.node, reason=reason)
+        if self.leader is slot:
+            self.leader = None
+            for other in self.slots.values():  # hand the stream to a miner that said the same so far
+                if other.status in PENDING and other.text.startswith(self.sent):
+                    self.leader = other
+                    break
+
+    def _release(self, slot: Slot) -> None:
+        self.hub.release(slot.link)
+
+    # ------------------------------------------------------------------ persistence (group-committed, in order)
+
+    def _submit(self, stmt: Any) -> None:
+        self.store.submit(stmt)
+
+    def _event(self, phase: str, node: str | None, **detail: Any) -> None:
+        self.store.submit(
+            insert(s.task_events).values(task_id=self.spec.id, ts=time.time(), phase=phase, node=node, detail=detail)
+        )
+        rank = PHASES.index(phase) if phase in PHASES else -1
+        if rank > self.phase:
+            self.phase = rank
+            self.store.submit(
+                update(s.tasks)
+                .where(s.tasks.c.id == self.spec.id, s.tasks.c.phase.notin_(("ended", "failed")))
+                .values(phase=phase, updated_at=time.time())
+            )
+
+    def _slot_update(self, slot: Slot, **values: Any) -> None:
+        self.store.submit(
+            update(s.assignments)
+            .where(s.assignments.c.task_id == self.spec.id, s.assignments.c.node == slot.node)
+            .values(**values)
+        )

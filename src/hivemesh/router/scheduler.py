@@ -1,0 +1,118 @@
+"""The session queue: one FIFO per session, and a global scheduler that starts tasks fairly across sessions.
+
+A task starts when enough distinct miners serving its model have free capacity (min(k, miners serving it)); the
+hub's capacity accounting guarantees no miner ever holds more concurrent tasks than it advertised. Sessions are
+served round-robin, so one busy session cannot starve another. A task that waits past the queue timeout fails
+with 503; a model no connected miner serves fails at once with 503 too (the model may come back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from hivemesh.errors import NoMinerAvailable
+from hivemesh.router.domain import TaskSpec
+from hivemesh.router.hub import MinerHub
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Ticket:
+    spec: TaskSpec
+    start: Callable[[], Awaitable[None]]  # launches the task run once capacity is there
+    enqueued: float = field(default_factory=time.monotonic)
+    started: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Scheduler:
+    def __init__(self, hub: MinerHub, *, queue_timeout_s: float) -> None:
+        self.hub = hub
+        self.queue_timeout_s = queue_timeout_s
+        self.queues: OrderedDict[str, deque[Ticket]] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        hub.listeners.append(self._wake.set)
+
+    @property
+    def depth(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def depth_of(self, session_id: str) -> int:
+        return len(self.queues.get(session_id, ()))
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+
+    def ready(self, spec: TaskSpec) -> bool:
+        serving = self.hub.serving(spec.model)
+        if not serving:
+            return False
+        need = min(spec.session.redundancy, len(serving))
+        return sum(1 for ln in serving if ln.free >= 1) >= need
+
+    async def enqueue(self, ticket: Ticket) -> None:
+        """Queue a task and return once it has started (or raise NoMinerAvailable)."""
+        if not self.hub.serving(ticket.spec.model):
+            raise NoMinerAvailable(f"no connected miner serves {ticket.spec.model!r}", retry_after=5)
+        sid = ticket.spec.session.id
+        if not self.queues.get(sid) and self.ready(ticket.spec):  # fast path: nothing ahead, capacity free
+            await ticket.start()
+            return
+        self.queues.setdefault(sid, deque()).append(ticket)
+        self._wake.set()
+        await ticket.started
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self._dispatch()
+
+    async def _dispatch(self) -> None:
+        now = time.monotonic()
+        progressed = True
+        while progressed:
+            progressed = False
+            for sid in list(self.queues):
+                q = self.queues[sid]
+                while q and (q[0].started.done() or now - q[0].enqueued > self.queue_timeout_s):
+                    t = q.popleft()
+                    if not t.started.done():
+                        t.started.set_exception(
+                            NoMinerAvailable(
+                                f"no miner for {t.spec.model!r} became free within {self.queue_timeout_s:.0f}s",
+                                retry_after=2,
+                            )
+                        )
+                if not q:
+                    del self.queues[sid]
+                    continue
+                if self.ready(q[0].spec):
+                    t = q.popleft()
+                    self.queues.move_to_end(sid)  # round-robin: this session goes to the back
+                    if not q:
+                        del self.queues[sid]
+                    try:
+                        await t.start()
+                    except Exception as exc:
+                        t.started.set_exception(exc)
+                    else:
+                        t.started.set_result(None)
+                    progressed = True
+                    break

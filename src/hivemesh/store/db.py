@@ -1,0 +1,158 @@
+"""The router's persistence: SQLAlchemy 2 async (aiosqlite by default, asyncpg for PostgreSQL).
+
+Writes go through a group-commit writer: callers hand in statements and (when the write must be durable before
+it takes effect) await them; one background task drains everything pending into a single transaction. Under load
+many tasks' transitions share one commit, so durability costs one fsync per batch, not per transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import event, insert, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql import Executable
+
+from hivemesh.store import schema as s
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._pending: list[tuple[Executable, Any, asyncio.Future[None] | None]] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        if url.startswith("sqlite"):
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA busy_timeout=5000")
+                cur.close()
+
+        store = cls(engine)
+        async with engine.begin() as conn:
+            await conn.run_sync(_migrate)
+        store._writer = asyncio.create_task(store._write_loop(), name="store-writer")
+        return store
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+        await self.engine.dispose()
+
+    # ------------------------------------------------------------------ writes
+
+    def submit(self, stmt: Executable, params: Any = None) -> asyncio.Future[None]:
+        """Queue a write; the returned future resolves once it is committed. Not awaiting it is fine
+        for writes nothing depends on (events, counters)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((stmt, params, fut))
+        self._wake.set()
+        return fut
+
+    async def write(self, *stmts: Executable | tuple[Executable, Any]) -> None:
+        """Write durably: returns once every statement is committed."""
+        futs = [self.submit(*(st if isinstance(st, tuple) else (st, None))) for st in stmts]
+        await asyncio.gather(*futs)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                try:
+                    async with self.engine.begin() as conn:
+                        for stmt, params, _ in batch:
+                            await conn.execute(stmt, params) if params is not None else await conn.execute(stmt)
+                except Exception as exc:
+                    log.exception("store batch failed size=%d", len(batch))
+                    for _, _, fut in batch:
+                        if fut is not None and not fut.done():
+                            fut.set_exception(exc)
+                else:
+                    for _, _, fut in batch:
+                        if fut is not None and not fut.done():
+                            fut.set_result(None)
+            if self._closing and not self._pending:
+                return
+
+    # ------------------------------------------------------------------ reads
+
+    async def fetch_all(self, stmt: Executable) -> list[Row]:
+        async with self.engine.connect() as conn:
+            res = await conn.execute(stmt)
+            return [dict(r._mapping) for r in res]
+
+    async def fetch_one(self, stmt: Executable) -> Row | None:
+        rows = await self.fetch_all(stmt)
+        return rows[0] if rows else None
+
+    # ------------------------------------------------------------------ domain helpers
+
+    async def get_task(self, task_id: str) -> Row | None:
+        return await self.fetch_one(select(s.tasks).where(s.tasks.c.id == task_id))
+
+    async def task_events(self, task_id: str) -> list[Row]:
+        return await self.fetch_all(
+            select(s.task_events).where(s.task_events.c.task_id == task_id).order_by(s.task_events.c.id)
+        )
+
+    async def task_assignments(self, task_id: str) -> list[Row]:
+        return await self.fetch_all(
+            select(s.assignments).where(s.assignments.c.task_id == task_id).order_by(s.assignments.c.slot)
+        )
+
+    async def unfinished_tasks(self) -> list[Row]:
+        return await self.fetch_all(
+            select(s.tasks).where(s.tasks.c.phase.notin_(("ended", "failed"))).order_by(s.tasks.c.created_at)
+        )
+
+    async def upsert_node(self, address: str, values: Row) -> None:
+        now = time.time()
+        async with self.engine.begin() as conn:
+            res = await conn.execute(update(s.nodes).where(s.nodes.c.address == address).values(last_seen=now, **values))
+            if res.rowcount == 0:
+                await conn.execute(insert(s.nodes).values(address=address, first_seen=now, last_seen=now, **values))
+
+    def node_event(self, node: str, kind: str, task_id: str | None = None, detail: str = "") -> None:
+        self.submit(
+            insert(s.node_events).values(node=node, ts=time.time(), kind=kind, task_id=task_id, detail=detail[:2000])
+        )
+
+    async def node_events(self, node: str | None = None, kind: str | None = None, limit: int = 100) -> list[Row]:
+        q = select(s.node_events).order_by(s.node_events.c.id.desc()).limit(limit)
+        if node:
+            q = q.where(s.node_events.c.node == node)
+        if kind:
+            q = q.where(s.node_events.c.kind == kind)
+        return await self.fetch_all(q)
+
+
+def _migrate(conn: Connection) -> None:
+    conn.execute(text("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR(200) PRIMARY KEY, applied_at FLOAT)"))
+    done = {r[0] for r in conn.execute(text("SELECT name FROM _migrations"))}
+    for name, fn in s.MIGRATIONS:
+        if name in done:
+            continue
+        fn(conn)
+        conn.execute(text("INSERT INTO _migrations (name, applied_at) VALUES (:n, :t)"), {"n": name, "t": time.time()})
+        log.info("migration applied name=%s", name)

@@ -1,0 +1,138 @@
+"""The router's tables (SQLAlchemy Core) and their ordered, recorded migrations.
+
+Migrations are applied in order and recorded in ``_migrations``; a migration never changes once released, a
+schema change is a new migration at the end of the list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.engine import Connection
+
+metadata = MetaData()
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(64), nullable=False, index=True),
+    Column("name", String(200), nullable=False, default=""),
+    Column("model", String(200), nullable=True),
+    Column("redundancy", Integer, nullable=False),
+    Column("quorum", Integer, nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("ack_timeout_ms", Integer, nullable=False),
+    Column("precommit_timeout_ms", Integer, nullable=False),
+    Column("commit_timeout_ms", Integer, nullable=False),
+    Column("max_tokens", Integer, nullable=False),
+    Column("sla", String(16), nullable=False),
+    Column("meta", JSON, nullable=False, default=dict),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("is_default", Boolean, nullable=False, default=False),
+    Column("created_at", Float, nullable=False),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("session_id", String(64), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("request", JSON, nullable=False),  # the wire request: messages/prompt, params, stream
+    Column("phase", String(16), nullable=False),
+    Column("seed", BigInteger, nullable=False),
+    Column("candidates", JSON, nullable=False, default=list),  # the shuffle order, for audit and replay
+    Column("verdict", String(16), nullable=True),
+    Column("answer", Text, nullable=True),
+    Column("finish_reason", String(16), nullable=True),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("result", JSON, nullable=True),  # the hivemesh verification block
+    Column("error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_tasks_session_created", "session_id", "created_at"),
+    Index("ix_tasks_phase", "phase"),
+)
+
+task_events = Table(
+    "task_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(64), nullable=False, index=True),
+    Column("ts", Float, nullable=False),
+    Column("phase", String(24), nullable=False),
+    Column("node", String(64), nullable=True),
+    Column("detail", JSON, nullable=False, default=dict),
+)
+
+assignments = Table(
+    "assignments",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("node", String(64), primary_key=True),
+    Column("slot", Integer, nullable=False),
+    Column("status", String(24), nullable=False),  # assigned/acked/precommitted/committed/failed + reason
+    Column("assigned_at", Float, nullable=False),
+    Column("acked_at", Float, nullable=True),
+    Column("precommit_at", Float, nullable=True),
+    Column("commit_at", Float, nullable=True),
+    Column("digest", String(80), nullable=True),
+    Column("output", Text, nullable=True),
+    Column("salt", String(80), nullable=True),
+    Column("in_consensus", Boolean, nullable=True),
+    Column("elapsed_ms", Integer, nullable=True),
+    Column("ttft_ms", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("reason", Text, nullable=True),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("address", String(64), primary_key=True),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("models", JSON, nullable=False, default=list),
+    Column("capacity", Integer, nullable=False, default=1),
+    Column("pool", Integer, nullable=False, default=0),
+    Column("hardware", JSON, nullable=False, default=dict),
+    Column("version", String(64), nullable=False, default=""),
+)
+
+node_events = Table(
+    "node_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node", String(64), nullable=False, index=True),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(32), nullable=False),  # bad_signature, replay, bad_reveal, timeout, dissent, ...
+    Column("task_id", String(64), nullable=True),
+    Column("detail", Text, nullable=False, default=""),
+)
+
+
+def _m001_initial(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[sessions, tasks, task_events, assignments, nodes, node_events])
+
+
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("001_initial", _m001_initial),
+]
