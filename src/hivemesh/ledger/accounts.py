@@ -15,10 +15,11 @@ fixed names or a fixed prefix::
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
 
-from eth_utils import is_checksum_address, to_checksum_address
+from eth_utils.address import is_checksum_address, to_checksum_address
 
 from hivemesh.errors import LedgerError
 
@@ -53,7 +54,9 @@ class EntryKind(StrEnum):
 def address(value: str) -> str:
     """A user or node address in checksum form; a mixed-case address must already carry a valid checksum."""
     if not isinstance(value, str) or not _ADDRESS.fullmatch(value):
-        raise LedgerError(f"{value!r} is not an account address (0x followed by 40 hex digits)", param="account")
+        raise LedgerError(
+            f"{value!r} is not an account address (0x followed by 40 hex digits)", param="account"
+        )
     body = value[2:]
     if body != body.lower() and body != body.upper() and not is_checksum_address(value):
         raise LedgerError(f"{value!r} has an invalid checksum", param="account")
@@ -112,3 +115,17 @@ def fraction(value: Fraction | float) -> Fraction:
     if not 0 < f <= 1:
         raise LedgerError(f"fraction must be in (0, 1], got {value}", param="fraction")
     return f
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(t: datetime) -> int:
+    """A timezone-aware time as integer microseconds since the Unix epoch: exact, so hashes recompute."""
+    if t.tzinfo is None:
+        raise LedgerError("ledger times must be timezone-aware")
+    return (t - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)

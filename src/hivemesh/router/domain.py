@@ -61,6 +61,7 @@ class Outcome:
     consensus: tuple[str, ...]
     dissent: tuple[str, ...]
     answered_by: str
+    pending: tuple[str, ...] = ()  # miners still working when the answer went out
 
     def verification(self) -> dict[str, Any]:
         return {
@@ -73,5 +74,6 @@ class Outcome:
             "miners": list(self.miners),
             "consensus": list(self.consensus),
             "dissent": list(self.dissent),
+            "pending": list(self.pending),
             "answered_by": self.answered_by,
         }

@@ -78,6 +78,7 @@ class MinerHub:
         self.listeners: list[Callable[[], None]] = []  # woken when capacity may have freed up
         self.finished_counts: dict[str, int] = {}
         self.scores: dict[str, float] = {}
+        self.known_models: set[str] = set()  # every model a miner has ever served here
 
     # ------------------------------------------------------------------ queries used by the scheduler
 
@@ -147,6 +148,7 @@ class MinerHub:
         if old is not None:  # the same node reconnected: the new connection wins
             await self._drop(old, "replaced by a new connection")
         self.links[node] = link
+        self.known_models.update(link.models)
         await self.store.upsert_node(
             node,
             {

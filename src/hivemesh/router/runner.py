@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -96,6 +96,7 @@ class TaskRun:
         self.m = sess.quorum
         self.immediate = False
         self.phase = 0
+        self.final: Outcome | None = None  # the outcome as recorded once every miner is classified
 
     # ------------------------------------------------------------------ hub callbacks
 
@@ -261,6 +262,7 @@ class TaskRun:
             return
         slot.status = "committed"
         slot.commit = msg
+        self._release(slot)  # the miner is done with this task: its capacity is free again
         ttft = int((slot.first_delta_at - slot.assigned_at) * 1000) if slot.first_delta_at else None
         self._slot_update(
             slot,
@@ -308,7 +310,8 @@ class TaskRun:
                     sl.deadline = time.monotonic() + self.spec.session.commit_timeout_s
                     self._event("reveal_requested", sl.node)
                     await sl.link.send(wire.RevealRequest(task_id=self.spec.id))
-        if not self.answer.done() and self.reveals:
+        leader_busy = self.leader is not None and self.leader.status in PENDING
+        if not self.answer.done() and self.reveals and not (self.stream is not None and leader_busy):
             d = self._decide()
             if d.verdict != "disputed" or not self._pending():
                 await self._deliver(d)
@@ -329,7 +332,15 @@ class TaskRun:
         slot, commit = self.reveals[d.answer]
         verdict: Verdict = d.verdict
         text, lead = commit.output, slot
-        if self.stream is not None and self.leader is not None:
+        if self.stream is not None:
+            if self.leader is None or self.leader.commit is None:
+                # the streaming miner is gone: carry on from the answer if it extends what the user has seen
+                if not commit.output.startswith(self.sent):
+                    raise UpstreamFailed("the streaming miner failed and the others disagree with what was sent")
+                if len(commit.output) > len(self.sent):
+                    self.stream.put_nowait(commit.output[len(self.sent) :])
+                    self.sent = commit.output
+                self.leader = slot
             lead = self.leader
             text = self.sent
             if lead.node not in d.consensus or lead.commit is None or lead.commit.output != self.sent:
@@ -347,11 +358,16 @@ class TaskRun:
             similarity=d.similarity,
             miners=tuple(self.slots),
             consensus=tuple(d.consensus),
-            dissent=tuple(n for n in self.slots if n not in d.consensus),
+            dissent=tuple(n for n, sl in self.slots.items() if sl.status not in PENDING and n not in d.consensus),
             answered_by=lead.node,
+            pending=tuple(n for n, sl in self.slots.items() if sl.status in PENDING),
         )
         self._event("validated", None, verdict=verdict, agreement=d.score)
+        self.phase = PHASES.index("validated")
+        await self.store.write(self._record(outcome, "validated"))  # durable before anyone sees it
         self.answer.set_result(outcome)
+        if self.stream is not None:
+            self.stream.put_nowait(StreamEnd(outcome))
 
     async def _forward(self, slot: Slot) -> None:
         if self.stream is None or self.answer.done():
@@ -379,34 +395,45 @@ class TaskRun:
         if not self.answer.done():
             await self._deliver(self._decide())
         outcome = self.answer.result()
-        final = self._decide()
-        winners = {self.reveals[final.answer][0].node} | set(final.consensus)
+        if outcome.pending:  # classify the miners that revealed after the answer went out
+            final = self._decide()
+            consensus = set(outcome.consensus)
+            if outcome.answered_by in final.consensus:
+                consensus |= set(final.consensus)
+            outcome = replace(
+                outcome,
+                consensus=tuple(n for n in self.slots if n in consensus),
+                dissent=tuple(n for n in self.slots if n not in consensus),
+                pending=(),
+            )
         for sl, _ in self.reveals:
-            agree = sl.node in outcome.consensus or (sl.node in winners and outcome.answered_by in winners)
+            agree = sl.node in outcome.consensus
             self._slot_update(sl, in_consensus=agree)
             if not agree:
                 self.hub.strike(sl.link, "dissent", self.spec.id, "outvoted")
-        for sl, _ in self.reveals:
             sl.link.finished += 1
             self.hub.finished_counts[sl.node] = sl.link.finished
+        self.final = outcome
         self._event("ended", None, verdict=outcome.verdict)
-        await self.store.write(
+        await self.store.write(self._record(outcome, "ended"))
+
+    def _record(self, outcome: Outcome, phase: str) -> Any:
+        now = time.time()
+        return (
             update(s.tasks)
             .where(s.tasks.c.id == self.spec.id)
             .values(
-                phase="ended",
+                phase=phase,
                 verdict=outcome.verdict,
                 answer=outcome.text,
                 finish_reason=outcome.finish_reason,
                 prompt_tokens=outcome.usage.prompt_tokens,
                 completion_tokens=outcome.usage.completion_tokens,
                 result=outcome.verification(),
-                updated_at=time.time(),
-                finished_at=time.time(),
+                updated_at=now,
+                finished_at=now if phase == "ended" else None,
             )
         )
-        if self.stream is not None:
-            self.stream.put_nowait(StreamEnd(outcome))
 
     async def _fail(self, exc: HivemeshError) -> None:
         log.warning("task failed task_id=%s reason=%s", self.spec.id, exc.message)
@@ -421,8 +448,8 @@ class TaskRun:
             if not self.answer.done():
                 self.answer.set_exception(exc)
                 self.answer.exception()  # mark retrieved: the caller may be gone
-            if self.stream is not None:
-                self.stream.put_nowait(StreamEnd(error=exc))
+                if self.stream is not None:
+                    self.stream.put_nowait(StreamEnd(error=exc))
 
     def _fail_slot(self, slot: Slot, reason: str) -> None:
         if slot.status not in PENDING:

@@ -123,7 +123,9 @@ class Store:
 
     async def unfinished_tasks(self) -> list[Row]:
         return await self.fetch_all(
-            select(s.tasks).where(s.tasks.c.phase.notin_(("ended", "failed"))).order_by(s.tasks.c.created_at)
+            select(s.tasks)
+            .where(s.tasks.c.phase.notin_(("ended", "failed", "validated")))
+            .order_by(s.tasks.c.created_at)
         )
 
     async def upsert_node(self, address: str, values: Row) -> None:

@@ -1,0 +1,139 @@
+"""``hivemesh``: the command line. Errors become one clear sentence and a non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hivemesh.config import MinerConfig, RouterConfig, SessionDefaults, default_data_dir
+from hivemesh.errors import HivemeshError
+
+app = typer.Typer(
+    name="hivemesh",
+    help="A community-powered, verifiable AI inference network.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="All state lives under this folder.")]
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency via uvicorn[standard]
+        runner = asyncio.run
+    try:
+        runner(coro)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        pass
+    except HivemeshError as exc:
+        typer.secho(f"error: {exc.message}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def router(
+    data_dir: DataDir = default_data_dir() / "router",
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8000,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL; default SQLite in the data dir.")] = None,
+    redundancy: Annotated[int, typer.Option("-k", "--redundancy", help="Default miners per task.")] = 3,
+    quorum: Annotated[int, typer.Option("-m", "--quorum", help="Default miners that must agree.")] = 2,
+    mode: Annotated[str, typer.Option(help="Default validation: exact, semantic or none.")] = "semantic",
+    semantic: Annotated[bool, typer.Option(help="Load the embedding model (semantic mode, /v1/embeddings).")] = True,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run a router: the OpenAI API for users and the WebSocket hub miners dial into."""
+    from hivemesh.cli.compose import serve_router, setup_logging
+
+    setup_logging(log_level)
+    if mode not in ("exact", "semantic", "none"):
+        raise typer.BadParameter("mode must be exact, semantic or none")
+    defaults = SessionDefaults(redundancy=redundancy, quorum=min(quorum, redundancy), mode=mode)  # type: ignore[arg-type]
+    cfg = RouterConfig(
+        data_dir=data_dir, host=host, port=port, database_url=database_url, defaults=defaults, semantic=semantic
+    )
+
+    def ready(p: int, _service: object) -> None:
+        print(f"router ready url=http://{host}:{p}", flush=True)
+
+    _run(serve_router(cfg, ready))
+
+
+@app.command()
+def miner(
+    router_url: Annotated[str, typer.Option("--router", help="The router's URL, e.g. http://1.2.3.4:8000")],
+    data_dir: DataDir = default_data_dir() / "miner",
+    engine: Annotated[str, typer.Option(help="llama (embedded llama.cpp), openai (an upstream server), instant")] = "llama",
+    model_path: Annotated[Path | None, typer.Option(help="GGUF file for the llama engine.")] = None,
+    model_id: Annotated[str | None, typer.Option("--model", help="Model name to advertise.")] = None,
+    upstream: Annotated[str | None, typer.Option(help="OpenAI-compatible server for --engine openai.")] = None,
+    threads: Annotated[int | None, typer.Option(help="llama.cpp threads.")] = None,
+    capacity: Annotated[int | None, typer.Option(help="Concurrent tasks to accept.")] = None,
+    pool: Annotated[int, typer.Option(help="Stake pool this node claims.")] = 0,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run a miner: dial a router, serve a model, answer precommit/commit."""
+    from hivemesh.cli.compose import run_miner, setup_logging
+
+    setup_logging(log_level)
+    if engine not in ("llama", "openai", "instant"):
+        raise typer.BadParameter("engine must be llama, openai or instant")
+    cfg = MinerConfig(
+        router_url=router_url,
+        data_dir=data_dir,
+        engine=engine,  # type: ignore[arg-type]
+        model_path=model_path,
+        model_id=model_id,
+        upstream_url=upstream,
+        threads=threads,
+        capacity=capacity,
+        pool=pool,
+    )
+
+    def joined() -> None:
+        print("miner joined", flush=True)
+
+    _run(run_miner(cfg, joined))
+
+
+@app.command()
+def up(
+    miners: Annotated[int, typer.Option("--miners", "-n", help="How many miners to start.")] = 3,
+    port: Annotated[int, typer.Option(help="Router port.")] = 8000,
+    data_dir: DataDir = default_data_dir(),
+    engine: Annotated[str, typer.Option(help="Miner engine: llama or instant.")] = "llama",
+    redundancy: Annotated[int, typer.Option("-k", "--redundancy")] = 3,
+    quorum: Annotated[int, typer.Option("-m", "--quorum")] = 2,
+    mode: Annotated[str, typer.Option(help="exact, semantic or none")] = "semantic",
+) -> None:
+    """Start a whole local network (one router, N miners, each its own process) and keep it running."""
+    from hivemesh.cli.up import run_up
+
+    if miners < 1:
+        raise typer.BadParameter("--miners must be at least 1")
+    with contextlib.suppress(KeyboardInterrupt):
+        code = run_up(
+            miners=miners, port=port, data_dir=data_dir, engine=engine, redundancy=redundancy, quorum=quorum, mode=mode
+        )
+        raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

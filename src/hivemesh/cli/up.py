@@ -1,0 +1,163 @@
+"""``hivemesh up``: a whole local network in one command.
+
+Starts one router and N miners, each its own OS process with its own key and data folder under one data dir,
+shows progress while the router loads and the miners load the model and join, prints ready-to-paste client
+settings, and on Ctrl-C (or if any process dies) stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from hivemesh.router.auth import key_hash
+
+START_TIMEOUT_S = 600.0
+_READY = re.compile(r"router ready url=(\S+)")
+
+
+def ensure_api_key(data_dir: Path) -> str:
+    """The network's demo API key: made once, its hash given to the router, the key kept for the user."""
+    key_file = data_dir / "api_key"
+    router_dir = data_dir / "router"
+    router_dir.mkdir(parents=True, exist_ok=True)
+    if key_file.exists():
+        key = key_file.read_text().strip()
+    else:
+        key = "hm-" + secrets.token_urlsafe(30)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+    hashes = router_dir / "api_keys.txt"
+    h = key_hash(key)
+    existing = hashes.read_text().split() if hashes.exists() else []
+    if h not in existing:
+        with hashes.open("a") as f:
+            f.write(h + "\n")
+    return key
+
+
+class Network:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.logs = data_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._files: list[IO[bytes]] = []
+
+    def spawn(self, name: str, args: list[str]) -> None:
+        log = (self.logs / f"{name}.log").open("ab")
+        self._files.append(log)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "hivemesh.cli.main", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches only `up`, which stops the children in order
+        )
+
+    def dead(self) -> str | None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                return name
+        return None
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        path = self.logs / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self) -> None:
+        for name in sorted(self.procs, key=lambda n: n == "router"):  # miners first, router last
+            p = self.procs[name]
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for f in self._files:
+            f.close()
+
+
+def run_up(*, miners: int, port: int, data_dir: Path, engine: str, redundancy: int, quorum: int, mode: str) -> int:
+    console = Console(stderr=True)
+    data_dir = data_dir.expanduser().resolve()
+    key = ensure_api_key(data_dir)
+    net = Network(data_dir)
+    threads = max(1, (os.cpu_count() or 1) // miners)
+    k = min(redundancy, miners)
+    router_args = ["router", "--data-dir", str(data_dir / "router"), "--port", str(port), "-k", str(k)]
+    router_args += ["-m", str(min(quorum, k)), "--mode", mode]
+    log_start = (net.logs / "router.log").stat().st_size if (net.logs / "router.log").exists() else 0
+    url = None
+    try:
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+            TimeElapsedColumn(), console=console, transient=False,
+        ) as progress:
+            t_router = progress.add_task("router: starting (loading the embedding model)", total=1)
+            net.spawn("router", router_args)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while url is None:
+                if net.dead():
+                    raise RuntimeError(f"the router exited:\n{net.tail('router')}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the router did not start in time")
+                text = (net.logs / "router.log").read_bytes()[log_start:].decode(errors="replace")
+                if m := _READY.search(text):
+                    url = m.group(1)
+                time.sleep(0.1)
+            progress.update(t_router, completed=1, description=f"router: listening on {url}")
+            t_miners = progress.add_task(f"miners: loading the model ({engine}) and joining", total=miners)
+            for i in range(miners):
+                args = ["miner", "--router", url, "--data-dir", str(data_dir / "miners" / f"miner-{i}")]
+                args += ["--engine", engine, "--threads", str(threads)]
+                net.spawn(f"miner-{i}", args)
+            joined = 0
+            with httpx.Client(base_url=url, timeout=5) as client:
+                while joined < miners:
+                    if name := net.dead():
+                        raise RuntimeError(f"{name} exited:\n{net.tail(name)}")
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the miners did not join in time")
+                    try:
+                        joined = client.get("/healthz").json()["miners"]
+                    except (httpx.HTTPError, ValueError, KeyError):
+                        pass
+                    progress.update(t_miners, completed=joined)
+                    time.sleep(0.2)
+            progress.update(t_miners, description="miners: joined")
+        console.print(f"\n[bold green]hivemesh is up[/]: 1 router, {miners} miners, k={k} m={min(quorum, k)} {mode}")
+        console.print(f"data: {data_dir}   logs: {net.logs}\n")
+        print(f"export OPENAI_BASE_URL={url}/v1")
+        print(f"export OPENAI_API_KEY={key}", flush=True)
+        console.print("\nPress Ctrl-C to stop.")
+        while True:
+            if name := net.dead():
+                console.print(f"[red]{name} exited[/]:\n{net.tail(name)}")
+                return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("\nstopping…")
+        return 0
+    except RuntimeError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    finally:
+        net.stop()

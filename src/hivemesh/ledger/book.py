@@ -1,0 +1,218 @@
+"""Posting balanced entries inside one write transaction.
+
+A ``Book`` belongs to one transaction. The caller first ``lock``s every account the call will touch, then
+``post``s its entries once. The lock order is fixed for every transaction in the ledger, which is what keeps
+concurrent PostgreSQL transactions from deadlocking:
+
+1. the call's own rows (``sessions``, ``holds``, ``stakes``) -- taken by the operation before ``lock``;
+2. account rows: missing ones inserted (ON CONFLICT DO NOTHING) in sorted order, then all of them
+   ``SELECT ... FOR UPDATE ORDER BY address``;
+3. chain head rows, ``FOR UPDATE ORDER BY shard``.
+
+Balances are checked here (``InsufficientFunds``, with the numbers) before anything is written, and again by
+the database's CHECK constraint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+
+from hivemesh.errors import InsufficientFunds, LedgerIntegrityError
+from hivemesh.ledger.accounts import COR, WORLD, EntryKind
+from hivemesh.ledger.chain import EntryRecord, entry_hash, shard_of
+from hivemesh.ledger.db import Database
+from hivemesh.ledger.schema import Amount, accounts, chain_heads, entries, postings
+
+
+def cor(amount: int) -> str:
+    """``1500000000000000000`` -> ``"1.5 COR"``: exact, for messages."""
+    whole, frac = divmod(abs(amount), COR)
+    digits = f"{frac:018d}".rstrip("0")
+    return f"{'-' if amount < 0 else ''}{whole}{'.' + digits if digits else ''} COR"
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """One balanced movement to post. ``postings`` map account -> delta and must sum to zero."""
+
+    kind: EntryKind
+    postings: Mapping[str, int]
+    reason: str = ""
+    session_id: str | None = None
+    task_id: str | None = None
+    node: str | None = None
+    epoch: int | None = None
+    shard_key: str | None = None  # default: task_id, else session_id, else node, else the first account
+
+    def key(self) -> str:
+        if self.shard_key is not None:
+            return self.shard_key
+        return self.task_id or self.session_id or self.node or min(a for a in self.postings if a != WORLD)
+
+
+@dataclass
+class Book:
+    db: Database
+    conn: Any  # AsyncConnection
+    shards: int
+    now_us: int
+    balances: dict[str, int] = field(default_factory=dict)
+    earned: dict[str, int] = field(default_factory=dict)
+    _locked: bool = False
+    _posted: bool = False
+
+    async def lock(self, names: Iterable[str]) -> dict[str, int]:
+        """Create (at zero) and row-lock these accounts, in sorted order; return their balances."""
+        if self._locked:
+            raise LedgerIntegrityError("internal: accounts must be locked once per transaction, all together")
+        self._locked = True
+        wanted = sorted(set(names))
+        if not wanted:
+            return self.balances
+        if self.db.dialect == "postgresql":
+            # Create first, then lock: a row inserted here is only ever locked after all inserts, in order.
+            await self._create(wanted)
+            await self._select(wanted)
+        else:
+            # SQLite: this transaction already holds the database's only write lock; skip the usual no-op insert.
+            await self._select(wanted)
+            missing = [a for a in wanted if a not in self.balances]
+            if missing:
+                await self._create(missing)
+                await self._select(missing)
+        return self.balances
+
+    async def _create(self, names: list[str]) -> None:
+        ins = self.db.insert(accounts).values([{"address": a, "balance": 0, "earned": 0} for a in names])
+        await self.conn.execute(ins.on_conflict_do_nothing(index_elements=["address"]))
+
+    async def _select(self, names: list[str]) -> None:
+        rows = await self.conn.execute(
+            select(accounts.c.address, accounts.c.balance, accounts.c.earned)
+            .where(accounts.c.address.in_(names))
+            .order_by(accounts.c.address)
+            .with_for_update()
+        )
+        for r in rows:
+            self.balances[r.address] = r.balance
+            self.earned[r.address] = r.earned
+
+    async def post(self, *specs: EntrySpec) -> list[int]:
+        """Post these entries (once per transaction) and return their ids, in order."""
+        if self._posted or not self._locked:
+            raise LedgerIntegrityError("internal: post once per transaction, after lock")
+        self._posted = True
+        specs = tuple(s for s in specs if any(d != 0 for d in s.postings.values()))
+        if not specs:
+            return []
+        new = dict(self.balances)
+        earned = dict(self.earned)
+        for spec in specs:
+            self._check_balanced(spec)
+            for account, delta in spec.postings.items():
+                new[account] += delta
+                if delta > 0 and spec.kind in (EntryKind.PAYOUT, EntryKind.REWARD):
+                    earned[account] += delta
+            for account, delta in spec.postings.items():
+                if delta < 0 and new[account] < 0 and account != WORLD:
+                    have = new[account] - delta
+                    raise InsufficientFunds(
+                        f"Insufficient funds in {account}: it holds {cor(have)} ({have}) but this {spec.kind.value} "
+                        f"needs {cor(-delta)} ({-delta})."
+                    )
+        changed = [
+            {"_a": a, "_b": new[a], "_e": earned[a]}
+            for a in sorted(new)
+            if (new[a], earned[a]) != (self.balances[a], self.earned[a])
+        ]
+        if changed:
+            await self.conn.execute(
+                update(accounts)
+                .where(accounts.c.address == bindparam("_a"))
+                .values(balance=bindparam("_b", type_=Amount()), earned=bindparam("_e", type_=Amount())),
+                changed,
+            )
+        self.balances, self.earned = new, earned
+        return await self._journal(specs)
+
+    def _check_balanced(self, spec: EntrySpec) -> None:
+        moves = {a: d for a, d in spec.postings.items() if d != 0}
+        unknown = set(moves) - set(self.balances)
+        if unknown:
+            raise LedgerIntegrityError(
+                f"internal: {spec.kind.value} touches unlocked accounts {sorted(unknown)}"
+            )
+        if len(moves) < 2 or sum(moves.values()) != 0:
+            raise LedgerIntegrityError(f"internal: unbalanced {spec.kind.value} entry {moves}")
+
+    async def _journal(self, specs: tuple[EntrySpec, ...]) -> list[int]:
+        shards = [shard_of(s.key(), self.shards) for s in specs]
+        heads = {
+            r.shard: (r.seq, r.hash)
+            for r in await self.conn.execute(
+                select(chain_heads.c.shard, chain_heads.c.seq, chain_heads.c.hash)
+                .where(chain_heads.c.shard.in_(sorted(set(shards))))
+                .order_by(chain_heads.c.shard)
+                .with_for_update()
+            )
+        }
+        rows: list[dict[str, Any]] = []
+        lines: list[tuple[tuple[str, int], ...]] = []
+        for spec, shard in zip(specs, shards, strict=True):
+            if shard not in heads:
+                raise LedgerIntegrityError(f"chain head row for shard {shard} is missing")
+            seq, prev = heads[shard]
+            record = EntryRecord(
+                shard=shard,
+                seq=seq + 1,
+                ts_us=self.now_us,
+                kind=spec.kind.value,
+                reason=spec.reason,
+                session_id=spec.session_id,
+                task_id=spec.task_id,
+                node=spec.node,
+                epoch=spec.epoch,
+                postings=tuple(sorted((a, d) for a, d in spec.postings.items() if d != 0)),
+            )
+            digest = entry_hash(prev, record)
+            heads[shard] = (seq + 1, digest)
+            lines.append(record.postings)
+            rows.append(
+                {
+                    "shard": shard,
+                    "seq": seq + 1,
+                    "ts_us": self.now_us,
+                    "kind": record.kind,
+                    "reason": record.reason,
+                    "session_id": record.session_id,
+                    "task_id": record.task_id,
+                    "node": record.node,
+                    "epoch": record.epoch,
+                    "prev_hash": prev,
+                    "hash": digest,
+                }
+            )
+        result = await self.conn.execute(
+            entries.insert().returning(entries.c.id, sort_by_parameter_order=True), rows
+        )
+        ids = [int(i) for i in result.scalars()]
+        await self.conn.execute(
+            postings.insert(),
+            [
+                {"entry_id": i, "account": a, "delta": d}
+                for i, ps in zip(ids, lines, strict=True)
+                for a, d in ps
+            ],
+        )
+        last_id = {shard: i for shard, i in zip(shards, ids, strict=True)}
+        await self.conn.execute(
+            update(chain_heads)
+            .where(chain_heads.c.shard == bindparam("_s"))
+            .values(seq=bindparam("_q"), hash=bindparam("_h"), last_entry_id=bindparam("_i")),
+            [{"_s": s, "_q": heads[s][0], "_h": heads[s][1], "_i": last_id[s]} for s in sorted(last_id)],
+        )
+        return ids

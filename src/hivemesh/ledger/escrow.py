@@ -1,0 +1,228 @@
+"""Sessions and tasks: escrow funding, per-task reservations, settlement and release.
+
+Each function runs inside the caller's write transaction (a ``Book``). It locks its own row first (the session
+or the hold), then the accounts, then posts: the order ``book.py`` prescribes.
+
+Money path of one task::
+
+    owner --escrow--> escrow:<session> --reserve--> hold:<task> --payout--> miners
+                                                               --charge--> treasury (fee)
+                                                               --release-> escrow:<session> (the rest)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from sqlalchemy import func, select, update
+
+from hivemesh.errors import InsufficientFunds, LedgerError, NotFound
+from hivemesh.ledger import accounts as acc
+from hivemesh.ledger.accounts import TREASURY, EntryKind
+from hivemesh.ledger.book import Book, EntrySpec, cor
+from hivemesh.ledger.schema import holds, sessions
+from hivemesh.ledger.views import Settlement, frozen_payouts
+
+OPEN, CLOSED = "open", "closed"
+HELD, SETTLED, RELEASED = "held", "settled", "released"
+
+
+async def _lock_session(book: Book, session_id: str) -> tuple[str, str]:
+    row = (
+        await book.conn.execute(
+            select(sessions.c.owner, sessions.c.state)
+            .where(sessions.c.session_id == session_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"No session {session_id!r} in the ledger; fund it first.", param="session_id")
+    return row.owner, row.state
+
+
+async def fund_session(book: Book, session_id: str, owner: str, amount: int, reason: str) -> int:
+    session_id, owner, amount = acc.ref(session_id, "session_id"), acc.address(owner), acc.amount(amount)
+    await book.conn.execute(
+        book.db.insert(sessions)
+        .values(session_id=session_id, owner=owner, state=OPEN, created_us=book.now_us)
+        .on_conflict_do_nothing(index_elements=["session_id"])
+    )
+    known_owner, state = await _lock_session(book, session_id)
+    if state != OPEN:
+        raise LedgerError(f"session {session_id!r} is closed", param="session_id")
+    if known_owner != owner:
+        raise LedgerError(f"session {session_id!r} belongs to {known_owner}, not {owner}", param="owner")
+    escrow = acc.escrow_account(session_id)
+    await book.lock([owner, escrow])
+    spec = EntrySpec(EntryKind.ESCROW, {owner: -amount, escrow: amount}, reason, session_id=session_id)
+    return (await book.post(spec))[0]
+
+
+async def close_session(book: Book, session_id: str, refund_to: str) -> int:
+    session_id, refund_to = acc.ref(session_id, "session_id"), acc.holder(refund_to)
+    _owner, state = await _lock_session(book, session_id)
+    if state == CLOSED:
+        return 0
+    in_flight = (
+        await book.conn.execute(
+            select(func.count()).where(holds.c.session_id == session_id, holds.c.state == HELD)
+        )
+    ).scalar_one()
+    if in_flight:
+        raise LedgerError(
+            f"session {session_id!r} still has {in_flight} task(s) reserved; settle or release them first",
+            param="session_id",
+        )
+    escrow = acc.escrow_account(session_id)
+    balances = await book.lock([escrow, refund_to])
+    rest = balances[escrow]
+    spec = EntrySpec(
+        EntryKind.RELEASE, {escrow: -rest, refund_to: rest}, "session closed: refund", session_id=session_id
+    )
+    await book.post(spec)
+    await book.conn.execute(
+        update(sessions)
+        .where(sessions.c.session_id == session_id)
+        .values(state=CLOSED, closed_us=book.now_us)
+    )
+    return rest
+
+
+async def reserve(book: Book, session_id: str, task_id: str, amount: int) -> None:
+    session_id, task_id, amount = (
+        acc.ref(session_id, "session_id"),
+        acc.ref(task_id, "task_id"),
+        acc.amount(amount),
+    )
+    _owner, state = await _lock_session(book, session_id)
+    if state != OPEN:
+        raise LedgerError(f"session {session_id!r} is closed", param="session_id")
+    created = (
+        await book.conn.execute(
+            book.db.insert(holds)
+            .values(task_id=task_id, session_id=session_id, amount=amount, state=HELD, created_us=book.now_us)
+            .on_conflict_do_nothing(index_elements=["task_id"])
+            .returning(holds.c.task_id)
+        )
+    ).first()
+    if created is None:
+        existing = (
+            await book.conn.execute(select(holds.c.session_id, holds.c.amount).where(holds.c.task_id == task_id))
+        ).one()
+        if (existing.session_id, existing.amount) == (session_id, amount):
+            return  # the same reservation, retried
+        raise LedgerError(f"task {task_id!r} already has a different reservation", param="task_id")
+    escrow, hold = acc.escrow_account(session_id), acc.hold_account(task_id)
+    balances = await book.lock([escrow, hold])
+    if balances[escrow] < amount:
+        raise InsufficientFunds(
+            f"Session {session_id} has {cor(balances[escrow])} left in escrow; task {task_id} needs {cor(amount)}. "
+            f"Top up the session or lower max_tokens."
+        )
+    spec = EntrySpec(
+        EntryKind.RESERVE, {escrow: -amount, hold: amount}, "", session_id=session_id, task_id=task_id
+    )
+    await book.post(spec)
+
+
+async def _lock_hold(book: Book, task_id: str) -> tuple[str, str, int, int | None, int | None, str | None]:
+    row = (
+        await book.conn.execute(
+            select(
+                holds.c.session_id,
+                holds.c.state,
+                holds.c.amount,
+                holds.c.fee,
+                holds.c.released,
+                holds.c.payouts,
+            )
+            .where(holds.c.task_id == task_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"No reservation for task {task_id!r}.", param="task_id")
+    return row.session_id, row.state, row.amount, row.fee, row.released, row.payouts
+
+
+async def settle(book: Book, task_id: str, payouts: Mapping[str, int], treasury_fee: int) -> Settlement:
+    task_id = acc.ref(task_id, "task_id")
+    session_id, state, reserved, fee, released, paid = await _lock_hold(book, task_id)
+    if state == SETTLED:
+        stored = {a: int(v) for a, v in json.loads(paid or "{}").items()}
+        return Settlement(
+            task_id, session_id, reserved, frozen_payouts(stored), fee or 0, released or 0, True
+        )
+    if state == RELEASED:
+        raise LedgerError(f"task {task_id!r} was released (failed); it cannot be settled", param="task_id")
+    pay: dict[str, int] = {}
+    for miner, value in payouts.items():
+        account = acc.holder(miner)
+        pay[account] = pay.get(account, 0) + acc.amount(value, f"payout to {miner}", allow_zero=True)
+    pay = {a: v for a, v in pay.items() if v}
+    fee = acc.amount(treasury_fee, "treasury_fee", allow_zero=True)
+    charged = sum(pay.values()) + fee
+    if charged > reserved:
+        raise InsufficientFunds(
+            f"Settlement of task {task_id} ({cor(charged)}) exceeds its reservation of {cor(reserved)}."
+        )
+    hold, escrow = acc.hold_account(task_id), acc.escrow_account(session_id)
+    await book.lock([hold, escrow, *pay, *([TREASURY] if fee else [])])
+    rest = reserved - charged
+    await book.post(
+        EntrySpec(
+            EntryKind.PAYOUT,
+            {hold: -sum(pay.values()), **pay},
+            "task settled",
+            session_id=session_id,
+            task_id=task_id,
+        ),
+        EntrySpec(
+            EntryKind.CHARGE,
+            {hold: -fee, TREASURY: fee},
+            "protocol fee",
+            session_id=session_id,
+            task_id=task_id,
+        ),
+        EntrySpec(
+            EntryKind.RELEASE,
+            {hold: -rest, escrow: rest},
+            "unused reservation",
+            session_id=session_id,
+            task_id=task_id,
+        ),
+    )
+    await book.conn.execute(
+        update(holds)
+        .where(holds.c.task_id == task_id)
+        .values(
+            state=SETTLED,
+            fee=fee,
+            released=rest,
+            payouts=json.dumps({a: str(v) for a, v in sorted(pay.items())}),
+            closed_us=book.now_us,
+        )
+    )
+    return Settlement(task_id, session_id, reserved, frozen_payouts(pay), fee, rest)
+
+
+async def release(book: Book, task_id: str, reason: str) -> int:
+    task_id = acc.ref(task_id, "task_id")
+    session_id, state, reserved, *_ = await _lock_hold(book, task_id)
+    if state == RELEASED:
+        return 0
+    if state == SETTLED:
+        raise LedgerError(f"task {task_id!r} is already settled; nothing to release", param="task_id")
+    hold, escrow = acc.hold_account(task_id), acc.escrow_account(session_id)
+    await book.lock([hold, escrow])
+    spec = EntrySpec(
+        EntryKind.RELEASE, {hold: -reserved, escrow: reserved}, reason, session_id=session_id, task_id=task_id
+    )
+    await book.post(spec)
+    await book.conn.execute(
+        update(holds)
+        .where(holds.c.task_id == task_id)
+        .values(state=RELEASED, released=reserved, closed_us=book.now_us)
+    )
+    return reserved

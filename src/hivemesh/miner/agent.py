@@ -1,0 +1,200 @@
+"""The miner: dials the router (outbound WebSocket, so it works behind NAT), proves its identity, and serves tasks.
+
+For each Assign the miner acks, runs the engine (streaming Delta frames when asked), then precommits
+``sha256(salt || output)`` and reveals output and salt only when the router asks: by then every other miner has
+precommitted too, so nobody can copy an answer they have not yet seen. Every message the network acts on is signed
+over the connection's challenge nonce. If the router goes away the miner reconnects with capped back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from hivemesh import __version__
+from hivemesh.config import MinerConfig
+from hivemesh.engines.base import Engine, Finished, GenerationRequest, Piece
+from hivemesh.errors import BadSignature, HivemeshError
+from hivemesh.identity import Identity, verify
+from hivemesh.protocol import wire
+
+log = logging.getLogger(__name__)
+
+_S = TypeVar("_S", wire.Hello, wire.Ack, wire.Precommit, wire.Commit)
+
+REVEAL_GRACE_S = 60.0  # how long after its precommit a miner keeps an output waiting for the reveal request
+
+
+def ws_url(router_url: str) -> str:
+    base = router_url.rstrip("/")
+    if base.startswith("https://"):
+        base = "wss://" + base[len("https://") :]
+    elif base.startswith("http://"):
+        base = "ws://" + base[len("http://") :]
+    elif not base.startswith(("ws://", "wss://")):
+        base = "ws://" + base
+    return base + "/ws/miner"
+
+
+def hardware() -> wire.Hardware:
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30
+    except (ValueError, OSError):
+        ram = 0
+    return wire.Hardware(cpus=os.cpu_count() or 0, ram_gb=int(ram))
+
+
+@dataclass(eq=False)
+class _Job:
+    assign: wire.Assign
+    reveal: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class MinerAgent:
+    def __init__(self, config: MinerConfig, identity: Identity, engine: Engine) -> None:
+        self.config = config
+        self.identity = identity
+        self.engine = engine
+        self.capacity = config.capacity or engine.capacity
+        self.jobs: dict[str, _Job] = {}
+        self.connected = asyncio.Event()
+        self.served = 0
+
+    async def run(self, on_join: Callable[[], None] | None = None) -> None:
+        """Serve until cancelled, reconnecting whenever the router is unreachable."""
+        backoff = 0.2
+        url = ws_url(self.config.router_url)
+        while True:
+            try:
+                async with connect(url, max_size=wire.MAX_FRAME, open_timeout=10, ping_interval=20) as ws:
+                    backoff = 0.2
+                    await self._session(ws, on_join)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, websockets.exceptions.WebSocketException, TimeoutError, HivemeshError) as exc:
+                log.warning("router connection lost url=%s error=%s retry_in=%.1fs", url, exc, backoff)
+            finally:
+                self.connected.clear()
+                for job in list(self.jobs.values()):
+                    if job.task:
+                        job.task.cancel()
+                self.jobs.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.config.reconnect_max_s)
+
+    async def _session(self, ws: ClientConnection, on_join: Callable[[], None] | None) -> None:
+        first = wire.decode_to_miner(await asyncio.wait_for(ws.recv(), 10))
+        if not isinstance(first, wire.Challenge):
+            raise BadSignature("router did not open with a challenge")
+        nonce, router = first.nonce, first.router
+        models = self.engine.models()
+        if self.config.model_id:
+            models = [m.model_copy(update={"id": self.config.model_id}) for m in models]
+        hello = wire.Hello(
+            node=self.identity.address,
+            nonce=nonce,
+            models=tuple(models),
+            capacity=self.capacity,
+            pool=self.config.pool,
+            hardware=hardware(),
+            version=__version__,
+        )
+        await ws.send(wire.encode(self._signed(hello, nonce)))
+        welcome = wire.decode_to_miner(await asyncio.wait_for(ws.recv(), 10))
+        if not isinstance(welcome, wire.Welcome):
+            raise BadSignature("router did not welcome us")
+        log.info("joined router=%s node=%s models=%s", router, self.identity.address, [m.id for m in models])
+        self.connected.set()
+        if on_join:
+            on_join()
+        async for raw in ws:
+            try:
+                msg = wire.decode_to_miner(raw)
+            except ValueError as exc:
+                log.warning("bad frame from router error=%s", str(exc)[:200])
+                continue
+            if isinstance(msg, wire.Assign):
+                try:
+                    verify(wire.signing_payload(msg, nonce), msg.sig, router)
+                except BadSignature as exc:
+                    log.warning("assign with bad router signature task_id=%s error=%s", msg.task_id, exc)
+                    continue
+                if msg.task_id in self.jobs or len(self.jobs) >= self.capacity:
+                    continue
+                job = _Job(msg)
+                self.jobs[msg.task_id] = job
+                job.task = asyncio.create_task(self._serve(ws, nonce, job), name=f"job-{msg.task_id}")
+            elif isinstance(msg, wire.RevealRequest):
+                job = self.jobs.get(msg.task_id)
+                if job:
+                    job.reveal.set()
+            elif isinstance(msg, wire.Cancel):
+                job = self.jobs.get(msg.task_id)
+                if job and job.task:
+                    job.task.cancel()
+            elif isinstance(msg, wire.Ping):
+                await ws.send(wire.encode(wire.Pong(nonce=msg.nonce)))
+
+    def _signed(self, msg: _S, nonce: str) -> _S:
+        return msg.model_copy(update={"sig": self.identity.sign(wire.signing_payload(msg, nonce))})
+
+    async def _serve(self, ws: ClientConnection, nonce: str, job: _Job) -> None:
+        a = job.assign
+        tid = a.task_id
+        try:
+            await ws.send(wire.encode(self._signed(wire.Ack(task_id=tid, node=self.identity.address), nonce)))
+            t0 = time.monotonic()
+            parts: list[str] = []
+            finished: Finished | None = None
+            req = GenerationRequest(model=a.model, kind=a.kind, params=a.params, messages=a.messages, prompt=a.prompt)
+            async for ev in self.engine.generate(req):
+                if isinstance(ev, Piece):
+                    if a.stream and ev.text:
+                        await ws.send(wire.encode(wire.Delta(task_id=tid, index=len(parts), text=ev.text)))
+                    if ev.text:
+                        parts.append(ev.text)
+                else:
+                    finished = ev
+            if finished is None:
+                raise HivemeshError("engine ended without finishing")
+            output = "".join(parts)
+            salt = secrets.token_bytes(16)
+            elapsed = int((time.monotonic() - t0) * 1000)
+            common = {"task_id": tid, "node": self.identity.address, "usage": finished.usage}
+            if a.reveal == "on_request":
+                digest = hashlib.sha256(salt + output.encode()).hexdigest()
+                pre = wire.Precommit(**common, digest=digest, finish_reason=finished.finish_reason, elapsed_ms=elapsed)
+                await ws.send(wire.encode(self._signed(pre, nonce)))
+                await asyncio.wait_for(job.reveal.wait(), a.deadline_ms / 1000 + REVEAL_GRACE_S)
+            commit = wire.Commit(
+                **common, output=output, salt=salt.hex(), finish_reason=finished.finish_reason, elapsed_ms=elapsed
+            )
+            await ws.send(wire.encode(self._signed(commit, nonce)))
+            self.served += 1
+        except asyncio.CancelledError:
+            raise
+        except HivemeshError as exc:
+            with contextlib.suppress(Exception):
+                await ws.send(wire.encode(wire.TaskFailed(task_id=tid, message=exc.message)))
+        except TimeoutError:
+            log.warning("reveal never requested task_id=%s", tid)
+        except websockets.exceptions.ConnectionClosed:
+            pass
+        except Exception as exc:
+            log.exception("task crashed task_id=%s", tid)
+            with contextlib.suppress(Exception):
+                await ws.send(wire.encode(wire.TaskFailed(task_id=tid, message=f"miner error: {exc}"[:2000])))
+        finally:
+            self.jobs.pop(tid, None)

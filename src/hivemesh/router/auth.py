@@ -1,0 +1,54 @@
+"""Who is calling: turns an ``Authorization: Bearer`` header into a principal (the owner of sessions and spend).
+
+``StaticKeys`` accepts the sha256 of configured keys (``hivemesh up`` makes one); with none configured the router
+is open and every caller is the ``anonymous`` principal (for local development only). The ledger's API keys plug
+in behind the same two-method seam.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from hivemesh.errors import AuthenticationFailed
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    owner: str  # account that owns sessions and pays for them
+    key_id: str | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, authorization: str | None) -> Principal: ...
+
+
+def key_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthenticationFailed(
+            "You didn't provide an API key. Provide it in the Authorization header (Authorization: Bearer YOUR_KEY)."
+        )
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("Malformed Authorization header; expected 'Bearer YOUR_KEY'.")
+    return token.strip()
+
+
+class StaticKeys:
+    def __init__(self, hashes: tuple[str, ...]) -> None:
+        self.hashes = frozenset(hashes)
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not self.hashes:
+            return Principal(owner="anonymous")
+        h = key_hash(bearer(authorization))
+        if h not in self.hashes:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return Principal(owner="key:" + h[:16], key_id=h[:16])

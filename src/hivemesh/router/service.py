@@ -1,0 +1,174 @@
+"""The router's service layer: takes a task spec, persists it, queues it, runs it; owns the background tasks.
+
+HTTP handlers call ``submit``; nothing here knows about HTTP. On start, tasks a previous process left
+unfinished are re-dispatched (their spec is on the task row), so nothing a user submitted is lost to a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from sqlalchemy import insert, update
+
+from hivemesh.config import RouterConfig
+from hivemesh.errors import HivemeshError, NoMinerAvailable
+from hivemesh.identity import Identity
+from hivemesh.protocol.wire import ChatMessage, SamplingParams
+from hivemesh.router.domain import TaskSpec
+from hivemesh.router.hub import MinerHub
+from hivemesh.router.runner import StreamEnd, TaskRun
+from hivemesh.router.scheduler import Scheduler, Ticket
+from hivemesh.router.sessions import Sessions
+from hivemesh.store import schema as s
+from hivemesh.store.db import Row, Store
+
+log = logging.getLogger(__name__)
+
+RECOVERY_WAIT_S = 300.0  # how long a recovered task waits for a miner serving its model to (re)join
+
+
+class RouterService:
+    def __init__(self, config: RouterConfig, store: Store, identity: Identity, embedder: Any = None) -> None:
+        self.config = config
+        self.store = store
+        self.identity = identity
+        self.embedder = embedder
+        self.hub = MinerHub(identity, store)
+        self.scheduler = Scheduler(self.hub, queue_timeout_s=config.queue_timeout_s)
+        self.sessions = Sessions(store, config.defaults)
+        self._bg: set[asyncio.Task[Any]] = set()
+        self.started_at = time.time()
+
+    async def start(self) -> None:
+        self.scheduler.start()
+        self._spawn(self._recover(), "recover")
+
+    async def close(self) -> None:
+        await self.scheduler.close()
+        for t in list(self._bg):
+            t.cancel()
+        for t in list(self._bg):
+            with contextlib.suppress(BaseException):
+                await t
+        await self.hub.close()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        t = asyncio.create_task(coro, name=name)
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+        return t
+
+    async def _embed(self, texts: list[str]) -> np.ndarray:
+        vecs: np.ndarray = await self.embedder.aembed(texts)
+        return vecs
+
+    # ------------------------------------------------------------------ submitting
+
+    async def submit(self, spec: TaskSpec, *, stream: bool, persist: bool = True) -> TaskRun:
+        """Persist, queue and start a task. Returns the run once it has miners (its ``answer`` future resolves
+        with the outcome; with ``stream`` its ``stream`` queue yields text, then a StreamEnd). Raises
+        NoMinerAvailable when it cannot start."""
+        if persist:
+            await self.store.write(insert(s.tasks).values(**_task_row(spec)))
+        queue: asyncio.Queue[str | StreamEnd] | None = asyncio.Queue() if stream else None
+        run = TaskRun(
+            spec,
+            hub=self.hub,
+            store=self.store,
+            identity=self.identity,
+            embed=self._embed if self.embedder is not None else None,
+            stream=queue,
+        )
+
+        async def start() -> None:
+            self._spawn(run.run(), f"task-{spec.id}")
+
+        try:
+            await self.scheduler.enqueue(Ticket(spec, start))
+        except HivemeshError as exc:
+            await self.store.write(
+                update(s.tasks)
+                .where(s.tasks.c.id == spec.id)
+                .values(phase="failed", error=exc.message, updated_at=time.time(), finished_at=time.time())
+            )
+            raise
+        return run
+
+    # ------------------------------------------------------------------ recovery
+
+    async def _recover(self) -> None:
+        rows = await self.store.unfinished_tasks()
+        if rows:
+            log.info("recovering unfinished tasks count=%d", len(rows))
+        for row in rows:
+            self._spawn(self._recover_one(row), f"recover-{row['id']}")
+
+    async def _recover_one(self, row: Row) -> None:
+        try:
+            session = await self.sessions.get(row["session_id"])
+            spec = task_from_row(row, session)
+        except HivemeshError as exc:
+            await self.store.write(
+                update(s.tasks).where(s.tasks.c.id == row["id"]).values(phase="failed", error=exc.message)
+            )
+            return
+        self.store.submit(insert(s.task_events).values(task_id=spec.id, ts=time.time(), phase="recovered", detail={}))
+        deadline = time.monotonic() + RECOVERY_WAIT_S
+        while True:
+            try:
+                run = await self.submit(spec, stream=False, persist=False)
+                with contextlib.suppress(HivemeshError):
+                    await run.answer
+                return
+            except NoMinerAvailable:
+                if time.monotonic() > deadline:
+                    return
+                await asyncio.sleep(1.0)
+
+
+def new_task_id() -> str:
+    return "task_" + uuid.uuid4().hex
+
+
+def _task_row(spec: TaskSpec) -> Row:
+    now = time.time()
+    return {
+        "id": spec.id,
+        "session_id": spec.session.id,
+        "model": spec.model,
+        "kind": spec.kind,
+        "request": {
+            "messages": [m.model_dump() for m in spec.messages],
+            "prompt": spec.prompt,
+            "params": spec.params.model_dump(mode="json"),
+            "stream": spec.stream,
+        },
+        "phase": "queued",
+        "seed": spec.params.seed,
+        "candidates": [],
+        "created_at": spec.created_at or now,
+        "updated_at": now,
+    }
+
+
+def task_from_row(row: Row, session: Any) -> TaskSpec:
+    req = row["request"]
+    return TaskSpec(
+        id=row["id"],
+        session=session,
+        model=row["model"],
+        kind=row["kind"],
+        params=SamplingParams.model_validate(
+            {**req["params"], "stop": tuple(req["params"].get("stop", ()))}, strict=False
+        ),
+        messages=tuple(ChatMessage.model_validate(m) for m in req.get("messages", [])),
+        prompt=req.get("prompt", ""),
+        stream=bool(req.get("stream")),
+        created_at=row["created_at"],
+    )
