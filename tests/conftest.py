@@ -85,13 +85,21 @@ class Network:
     def base_url(self) -> str:
         return self.url + "/v1"
 
-    def start_router(self, *, defaults: SessionDefaults | None = None, embedder: Any = None, port: int = 0, **kw: Any) -> str:
+    def start_router(
+        self,
+        *,
+        defaults: SessionDefaults | None = None,
+        embedder: Any = None,
+        port: int = 0,
+        extra_keys: tuple[str, ...] = (),
+        **kw: Any,
+    ) -> str:
         from hivemesh.cli.compose import serve_router
 
         cfg = RouterConfig(
             data_dir=self.data_dir / "router",
             port=port,
-            api_keys=(key_hash(API_KEY),),
+            api_keys=tuple(key_hash(k) for k in (API_KEY, *extra_keys)),
             defaults=defaults or SessionDefaults(redundancy=1, quorum=1, mode="none"),
             semantic=False,
             **kw,
@@ -107,7 +115,9 @@ class Network:
                 ready.set_result(p)
 
             self._router = asyncio.ensure_future(serve_router(cfg, on_ready, embedder=embedder))
-            done, _ = await asyncio.wait({self._router, ready}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {self._router, ready}, timeout=60, return_when=asyncio.FIRST_COMPLETED
+            )
             if self._router in done:
                 self._router.result()
             return ready.result()
@@ -128,7 +138,9 @@ class Network:
 
         self.lt.run(stop(), timeout=30)
 
-    def add_miner(self, name: str, *, engine: str = "instant", wait: bool = True, **kw: Any) -> Any:
+    def add_miner(
+        self, name: str, *, engine: str = "instant", wait: bool = True, engine_obj: Any = None, **kw: Any
+    ) -> Any:
         from hivemesh.cli.compose import build_engine
         from hivemesh.identity import Identity
         from hivemesh.miner.agent import MinerAgent
@@ -137,7 +149,7 @@ class Network:
 
         async def start() -> Any:
             identity = Identity.load_or_create(cfg.data_dir / "node.key")
-            eng = build_engine(cfg)
+            eng = engine_obj or build_engine(cfg)
             await eng.start()
             agent = MinerAgent(cfg, identity, eng)
             joined = asyncio.Event()
@@ -156,16 +168,14 @@ class Network:
 
         async def kill() -> None:
             task.cancel()
-            try:
+            with contextlib.suppress(BaseException):
                 await task
-            except BaseException:
-                pass
 
         self.lt.run(kill())
 
     def wait_miners(self, n: int, timeout: float = 30) -> None:
         async def wait() -> None:
-            while len(self.service.hub.links) != n:
+            while len(self.service.hub.links) != n:  # noqa: ASYNC110 - the hub has no event for this
                 await asyncio.sleep(0.01)
 
         self.lt.run(asyncio.wait_for(wait(), timeout))

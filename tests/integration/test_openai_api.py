@@ -117,7 +117,10 @@ def test_unknown_model_is_404_in_openai_shape(net: Network) -> None:
         (b'{"model": "instant-echo"}', "messages"),
         (b'{"model": "instant-echo", "messages": [], "n": 1}', "messages"),
         (b'{"model": "instant-echo", "messages": [{"role": "user", "content": "x"}], "n": 2}', "n"),
-        (b'{"model": "instant-echo", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', "temperature"),
+        (
+            b'{"model": "instant-echo", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
+            "temperature",
+        ),
         (b'{"model": "instant-echo", "messages": [{"role": "wizard", "content": "x"}]}', "messages.0.role"),
         (b"[1, 2]", None),
     ],
@@ -161,7 +164,9 @@ def test_unknown_route_and_method_in_openai_shape(net: Network) -> None:
 
 
 def test_request_id_is_echoed(net: Network) -> None:
-    r = httpx.get(net.base_url + "/models", headers={"authorization": f"Bearer {API_KEY}", "x-request-id": "abc-123"})
+    r = httpx.get(
+        net.base_url + "/models", headers={"authorization": f"Bearer {API_KEY}", "x-request-id": "abc-123"}
+    )
     assert r.headers["x-request-id"] == "abc-123"
 
 

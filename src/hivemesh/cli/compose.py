@@ -28,7 +28,9 @@ def read_key_hashes(data_dir: Path) -> tuple[str, ...]:
     path = data_dir / "api_keys.txt"
     if not path.exists():
         return ()
-    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
+    return tuple(
+        line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
+    )
 
 
 def load_embedder(enabled: bool) -> Any:
@@ -103,7 +105,9 @@ async def serve_router(
     try:
         await asyncio.wait({task, asyncio.ensure_future(started.wait())}, return_when=asyncio.FIRST_COMPLETED)
         if server.started:
-            log.info("router listening url=http://%s:%d address=%s", config.host, port, service.identity.address)
+            log.info(
+                "router listening url=http://%s:%d address=%s", config.host, port, service.identity.address
+            )
             if on_ready:
                 on_ready(port, service)
         await asyncio.shield(task)
@@ -128,7 +132,9 @@ def build_engine(config: MinerConfig) -> Engine:
         return UpstreamEngine(config.upstream_url, model=config.model_id, capacity=config.capacity or 8)
     from hivemesh.engines.llamacpp import DEFAULT_MODEL_ID, LlamaCppEngine
 
-    return LlamaCppEngine(config.model_path, model_id=config.model_id or DEFAULT_MODEL_ID, n_threads=config.threads)
+    return LlamaCppEngine(
+        config.model_path, model_id=config.model_id or DEFAULT_MODEL_ID, n_threads=config.threads
+    )
 
 
 async def run_miner(config: MinerConfig, on_join: Callable[[], None] | None = None) -> None:

@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DataDir = Annotated[Path, typer.Option("--data-dir", help="All state lives under this folder.")]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="All state lives under this folder.")]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 
 
@@ -45,14 +45,18 @@ def _run(coro: object) -> None:
 
 @app.command()
 def router(
-    data_dir: DataDir = default_data_dir() / "router",
+    data_dir: DataDir = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8000,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL; default SQLite in the data dir.")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL; default SQLite in the data dir.")
+    ] = None,
     redundancy: Annotated[int, typer.Option("-k", "--redundancy", help="Default miners per task.")] = 3,
     quorum: Annotated[int, typer.Option("-m", "--quorum", help="Default miners that must agree.")] = 2,
     mode: Annotated[str, typer.Option(help="Default validation: exact, semantic or none.")] = "semantic",
-    semantic: Annotated[bool, typer.Option(help="Load the embedding model (semantic mode, /v1/embeddings).")] = True,
+    semantic: Annotated[
+        bool, typer.Option(help="Load the embedding model (semantic mode, /v1/embeddings).")
+    ] = True,
     log_level: LogLevel = "info",
 ) -> None:
     """Run a router: the OpenAI API for users and the WebSocket hub miners dial into."""
@@ -63,7 +67,12 @@ def router(
         raise typer.BadParameter("mode must be exact, semantic or none")
     defaults = SessionDefaults(redundancy=redundancy, quorum=min(quorum, redundancy), mode=mode)  # type: ignore[arg-type]
     cfg = RouterConfig(
-        data_dir=data_dir, host=host, port=port, database_url=database_url, defaults=defaults, semantic=semantic
+        data_dir=data_dir or default_data_dir() / "router",
+        host=host,
+        port=port,
+        database_url=database_url,
+        defaults=defaults,
+        semantic=semantic,
     )
 
     def ready(p: int, _service: object) -> None:
@@ -75,11 +84,15 @@ def router(
 @app.command()
 def miner(
     router_url: Annotated[str, typer.Option("--router", help="The router's URL, e.g. http://1.2.3.4:8000")],
-    data_dir: DataDir = default_data_dir() / "miner",
-    engine: Annotated[str, typer.Option(help="llama (embedded llama.cpp), openai (an upstream server), instant")] = "llama",
+    data_dir: DataDir = None,
+    engine: Annotated[
+        str, typer.Option(help="llama (embedded llama.cpp), openai (an upstream server), instant")
+    ] = "llama",
     model_path: Annotated[Path | None, typer.Option(help="GGUF file for the llama engine.")] = None,
     model_id: Annotated[str | None, typer.Option("--model", help="Model name to advertise.")] = None,
-    upstream: Annotated[str | None, typer.Option(help="OpenAI-compatible server for --engine openai.")] = None,
+    upstream: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible server for --engine openai.")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="llama.cpp threads.")] = None,
     capacity: Annotated[int | None, typer.Option(help="Concurrent tasks to accept.")] = None,
     pool: Annotated[int, typer.Option(help="Stake pool this node claims.")] = 0,
@@ -93,7 +106,7 @@ def miner(
         raise typer.BadParameter("engine must be llama, openai or instant")
     cfg = MinerConfig(
         router_url=router_url,
-        data_dir=data_dir,
+        data_dir=data_dir or default_data_dir() / "miner",
         engine=engine,  # type: ignore[arg-type]
         model_path=model_path,
         model_id=model_id,
@@ -113,7 +126,7 @@ def miner(
 def up(
     miners: Annotated[int, typer.Option("--miners", "-n", help="How many miners to start.")] = 3,
     port: Annotated[int, typer.Option(help="Router port.")] = 8000,
-    data_dir: DataDir = default_data_dir(),
+    data_dir: DataDir = None,
     engine: Annotated[str, typer.Option(help="Miner engine: llama or instant.")] = "llama",
     redundancy: Annotated[int, typer.Option("-k", "--redundancy")] = 3,
     quorum: Annotated[int, typer.Option("-m", "--quorum")] = 2,
@@ -126,7 +139,13 @@ def up(
         raise typer.BadParameter("--miners must be at least 1")
     with contextlib.suppress(KeyboardInterrupt):
         code = run_up(
-            miners=miners, port=port, data_dir=data_dir, engine=engine, redundancy=redundancy, quorum=quorum, mode=mode
+            miners=miners,
+            port=port,
+            data_dir=data_dir or default_data_dir(),
+            engine=engine,
+            redundancy=redundancy,
+            quorum=quorum,
+            mode=mode,
         )
         raise typer.Exit(code)
 

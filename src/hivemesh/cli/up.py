@@ -7,6 +7,7 @@ settings, and on Ctrl-C (or if any process dies) stops everything cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -95,7 +96,9 @@ class Network:
             f.close()
 
 
-def run_up(*, miners: int, port: int, data_dir: Path, engine: str, redundancy: int, quorum: int, mode: str) -> int:
+def run_up(
+    *, miners: int, port: int, data_dir: Path, engine: str, redundancy: int, quorum: int, mode: str
+) -> int:
     console = Console(stderr=True)
     data_dir = data_dir.expanduser().resolve()
     key = ensure_api_key(data_dir)
@@ -108,8 +111,13 @@ def run_up(*, miners: int, port: int, data_dir: Path, engine: str, redundancy: i
     url = None
     try:
         with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-            TimeElapsedColumn(), console=console, transient=False,
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         ) as progress:
             t_router = progress.add_task("router: starting (loading the embedding model)", total=1)
             net.spawn("router", router_args)
@@ -136,14 +144,14 @@ def run_up(*, miners: int, port: int, data_dir: Path, engine: str, redundancy: i
                         raise RuntimeError(f"{name} exited:\n{net.tail(name)}")
                     if time.monotonic() > deadline:
                         raise RuntimeError("the miners did not join in time")
-                    try:
+                    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                         joined = client.get("/healthz").json()["miners"]
-                    except (httpx.HTTPError, ValueError, KeyError):
-                        pass
                     progress.update(t_miners, completed=joined)
                     time.sleep(0.2)
             progress.update(t_miners, description="miners: joined")
-        console.print(f"\n[bold green]hivemesh is up[/]: 1 router, {miners} miners, k={k} m={min(quorum, k)} {mode}")
+        console.print(
+            f"\n[bold green]hivemesh is up[/]: 1 router, {miners} miners, k={k} m={min(quorum, k)} {mode}"
+        )
         console.print(f"data: {data_dir}   logs: {net.logs}\n")
         print(f"export OPENAI_BASE_URL={url}/v1")
         print(f"export OPENAI_API_KEY={key}", flush=True)

@@ -17,14 +17,18 @@ from hivemesh.protocol.wire import ModelCard, Usage
 class UpstreamEngine:
     name = "openai-upstream"
 
-    def __init__(self, base_url: str, *, model: str | None = None, capacity: int = 8, api_key: str = "none") -> None:
+    def __init__(
+        self, base_url: str, *, model: str | None = None, capacity: int = 8, api_key: str = "none"
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
         self.model = model
         self.capacity = capacity
         self._client = httpx.AsyncClient(
-            base_url=self.base_url, headers={"authorization": f"Bearer {api_key}"}, timeout=httpx.Timeout(600, connect=10)
+            base_url=self.base_url,
+            headers={"authorization": f"Bearer {api_key}"},
+            timeout=httpx.Timeout(600, connect=10),
         )
         self._models: list[ModelCard] = []
 
@@ -85,7 +89,9 @@ class UpstreamEngine:
                 if obj.get("usage"):
                     usage = obj["usage"]
                 for ch in obj.get("choices") or []:
-                    text = (ch.get("delta") or {}).get("content") if request.kind == "chat" else ch.get("text")
+                    text = (
+                        (ch.get("delta") or {}).get("content") if request.kind == "chat" else ch.get("text")
+                    )
                     if text:
                         yield Piece(text)
                     if ch.get("finish_reason"):
@@ -94,5 +100,8 @@ class UpstreamEngine:
             raise UpstreamFailed("upstream sent no usage (it must support stream_options.include_usage)")
         yield Finished(
             finish,  # type: ignore[arg-type]
-            Usage(prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0)),
+            Usage(
+                prompt_tokens=usage.get("prompt_tokens", 0),
+                completion_tokens=usage.get("completion_tokens", 0),
+            ),
         )

@@ -108,7 +108,9 @@ async def reserve(book: Book, session_id: str, task_id: str, amount: int) -> Non
     ).first()
     if created is None:
         existing = (
-            await book.conn.execute(select(holds.c.session_id, holds.c.amount).where(holds.c.task_id == task_id))
+            await book.conn.execute(
+                select(holds.c.session_id, holds.c.amount).where(holds.c.task_id == task_id)
+            )
         ).one()
         if (existing.session_id, existing.amount) == (session_id, amount):
             return  # the same reservation, retried

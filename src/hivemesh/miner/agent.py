@@ -158,7 +158,9 @@ class MinerAgent:
             t0 = time.monotonic()
             parts: list[str] = []
             finished: Finished | None = None
-            req = GenerationRequest(model=a.model, kind=a.kind, params=a.params, messages=a.messages, prompt=a.prompt)
+            req = GenerationRequest(
+                model=a.model, kind=a.kind, params=a.params, messages=a.messages, prompt=a.prompt
+            )
             async for ev in self.engine.generate(req):
                 if isinstance(ev, Piece):
                     if a.stream and ev.text:
@@ -175,11 +177,17 @@ class MinerAgent:
             common = {"task_id": tid, "node": self.identity.address, "usage": finished.usage}
             if a.reveal == "on_request":
                 digest = hashlib.sha256(salt + output.encode()).hexdigest()
-                pre = wire.Precommit(**common, digest=digest, finish_reason=finished.finish_reason, elapsed_ms=elapsed)
+                pre = wire.Precommit(
+                    **common, digest=digest, finish_reason=finished.finish_reason, elapsed_ms=elapsed
+                )
                 await ws.send(wire.encode(self._signed(pre, nonce)))
                 await asyncio.wait_for(job.reveal.wait(), a.deadline_ms / 1000 + REVEAL_GRACE_S)
             commit = wire.Commit(
-                **common, output=output, salt=salt.hex(), finish_reason=finished.finish_reason, elapsed_ms=elapsed
+                **common,
+                output=output,
+                salt=salt.hex(),
+                finish_reason=finished.finish_reason,
+                elapsed_ms=elapsed,
             )
             await ws.send(wire.encode(self._signed(commit, nonce)))
             self.served += 1

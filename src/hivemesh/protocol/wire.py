@@ -189,7 +189,9 @@ class Pong(_Msg):
 
 
 ToMiner = Annotated[Challenge | Welcome | Assign | RevealRequest | Cancel | Ping, Field(discriminator="type")]
-FromMiner = Annotated[Hello | Ack | Delta | Precommit | Commit | TaskFailed | Pong, Field(discriminator="type")]
+FromMiner = Annotated[
+    Hello | Ack | Delta | Precommit | Commit | TaskFailed | Pong, Field(discriminator="type")
+]
 SignedFromMiner = Hello | Ack | Precommit | Commit
 
 _to_miner: TypeAdapter[ToMiner] = TypeAdapter(ToMiner)

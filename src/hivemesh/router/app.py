@@ -20,10 +20,14 @@ from hivemesh.errors import HivemeshError
 from hivemesh.router.auth import Authenticator
 from hivemesh.router.openai_api import JSONResponse, OpenAIApi
 from hivemesh.router.service import RouterService
+from hivemesh.router.session_api import SessionApi
 
 log = logging.getLogger(__name__)
 
-_HTTP_ERRORS = {404: ("not_found", "invalid_request_error"), 405: ("method_not_allowed", "invalid_request_error")}
+_HTTP_ERRORS = {
+    404: ("not_found", "invalid_request_error"),
+    405: ("method_not_allowed", "invalid_request_error"),
+}
 
 
 def error_response(exc: HivemeshError, request_id: str | None = None) -> Response:
@@ -59,8 +63,11 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def build_app(service: RouterService, auth: Authenticator, extra_routes: list[Any] | None = None) -> Starlette:
+def build_app(
+    service: RouterService, auth: Authenticator, extra_routes: list[Any] | None = None
+) -> Starlette:
     api = OpenAIApi(service, auth)
+    session_api = SessionApi(api)
 
     async def on_hivemesh_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HivemeshError)
@@ -81,7 +88,9 @@ def build_app(service: RouterService, auth: Authenticator, extra_routes: list[An
         await service.hub.serve(ws)
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "miners": len(service.hub.links), "router": service.identity.address})
+        return JSONResponse(
+            {"status": "ok", "miners": len(service.hub.links), "router": service.identity.address}
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -99,11 +108,16 @@ def build_app(service: RouterService, auth: Authenticator, extra_routes: list[An
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
         WebSocketRoute("/ws/miner", miner_ws),
+        *session_api.routes(),
         *(extra_routes or []),
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={HivemeshError: on_hivemesh_error, HTTPException: on_http_error, Exception: on_crash},
+        exception_handlers={
+            HivemeshError: on_hivemesh_error,
+            HTTPException: on_http_error,
+            Exception: on_crash,
+        },
         lifespan=lifespan,
     )
     app.add_middleware(RequestIdMiddleware)

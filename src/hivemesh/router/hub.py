@@ -9,6 +9,7 @@ Nothing a miner sends can raise out of the hub.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -209,7 +210,9 @@ class MinerHub:
 
     def strike(self, link: MinerLink, kind: str, task_id: str | None, detail: str) -> None:
         link.strikes += 1
-        log.warning("miner strike node=%s kind=%s task_id=%s detail=%s", link.node, kind, task_id, detail[:200])
+        log.warning(
+            "miner strike node=%s kind=%s task_id=%s detail=%s", link.node, kind, task_id, detail[:200]
+        )
         self.store.node_event(link.node, kind, task_id, detail)
 
     async def _drop(self, link: MinerLink, why: str) -> None:
@@ -230,10 +233,8 @@ class MinerHub:
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
-    try:
+    with contextlib.suppress(Exception):  # already closed
         await ws.close(code=code, reason=reason[:120])
-    except Exception:  # already closed
-        pass
 
 
 def _short(exc: BaseException) -> str:

@@ -118,7 +118,7 @@ class OpenAIApi:
         spec = self.build_spec(session, body, kind, messages=messages, prompt=prompt)
         run = await self.service.submit(spec, stream=body.stream)
         if body.stream:
-            return self._stream(run, spec, kind, include_usage=body.include_usage)
+            return self.stream_response(run, spec, kind, include_usage=body.include_usage)
         outcome = await run.answer
         return JSONResponse(render(outcome, spec, kind), headers=outcome_headers(outcome))
 
@@ -135,7 +135,9 @@ class OpenAIApi:
         if body.model not in models:
             if body.model in self.service.hub.known_models:
                 raise NoMinerAvailable(f"no connected miner serves '{body.model}' right now", retry_after=5)
-            raise ModelNotFound(f"The model '{body.model}' does not exist or no miner serves it", param="model")
+            raise ModelNotFound(
+                f"The model '{body.model}' does not exist or no miner serves it", param="model"
+            )
         if session.model and session.model != body.model:
             raise InvalidRequest(f"session {session.id} is for model {session.model!r}", param="model")
         limit = body.token_limit()
@@ -160,7 +162,7 @@ class OpenAIApi:
             created_at=time.time(),
         )
 
-    def _stream(self, run: TaskRun, spec: TaskSpec, kind: Kind, *, include_usage: bool) -> Response:
+    def stream_response(self, run: TaskRun, spec: TaskSpec, kind: Kind, *, include_usage: bool) -> Response:
         assert run.stream is not None
         queue = run.stream
         created = int(spec.created_at)
@@ -168,12 +170,26 @@ class OpenAIApi:
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            return frame({"id": cid, "object": obj, "created": created, "model": spec.model, "choices": choices, **extra})
+            return frame(
+                {
+                    "id": cid,
+                    "object": obj,
+                    "created": created,
+                    "model": spec.model,
+                    "choices": choices,
+                    **extra,
+                }
+            )
 
         def piece(text: str, finish: str | None = None, first: bool = False) -> dict[str, Any]:
             if kind == "chat":
                 delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
-                return {"index": 0, "delta": delta if (text or first) else {}, "logprobs": None, "finish_reason": finish}
+                return {
+                    "index": 0,
+                    "delta": delta if (text or first) else {},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
         async def events() -> AsyncIterator[bytes]:
@@ -201,7 +217,11 @@ class OpenAIApi:
         return StreamingResponse(
             events(),
             media_type="text/event-stream",
-            headers={"x-hivemesh-task-id": spec.id, "x-hivemesh-session-id": spec.session.id, "cache-control": "no-cache"},
+            headers={
+                "x-hivemesh-task-id": spec.id,
+                "x-hivemesh-session-id": spec.session.id,
+                "cache-control": "no-cache",
+            },
         )
 
     # ------------------------------------------------------------------ embeddings
@@ -219,7 +239,12 @@ class OpenAIApi:
         tokens = emb.count_tokens(texts)
         data = [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)]
         return JSONResponse(
-            {"object": "list", "data": data, "model": emb.model_id, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+            {
+                "object": "list",
+                "data": data,
+                "model": emb.model_id,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
         )
 
 

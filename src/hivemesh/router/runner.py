@@ -35,7 +35,14 @@ from hivemesh.store.db import Store
 log = logging.getLogger(__name__)
 
 PENDING = ("assigned", "acked", "precommitted", "revealing")
-PHASES = ("queued", "assigned", "acked", "precommitted", "committed", "validated")  # task phase only moves forward
+PHASES = (
+    "queued",
+    "assigned",
+    "acked",
+    "precommitted",
+    "committed",
+    "validated",
+)  # task phase only moves forward
 
 
 @dataclass(eq=False)
@@ -114,7 +121,9 @@ class TaskRun:
         try:
             await self._start()
             while self._pending():
-                timeout = min(sl.deadline for sl in self.slots.values() if sl.status in PENDING) - time.monotonic()
+                timeout = (
+                    min(sl.deadline for sl in self.slots.values() if sl.status in PENDING) - time.monotonic()
+                )
                 try:
                     node, msg = await asyncio.wait_for(self.events.get(), max(0.0, timeout))
                 except TimeoutError:
@@ -153,7 +162,9 @@ class TaskRun:
         self.k = min(self.k, len(self.order)) or 1
         self.immediate = self.k == 1 and self.mode == "none"
         self._submit(
-            update(s.tasks).where(s.tasks.c.id == spec.id).values(candidates=self.order, updated_at=time.time())
+            update(s.tasks)
+            .where(s.tasks.c.id == spec.id)
+            .values(candidates=list(self.order), updated_at=time.time())
         )
         while len(self.slots) < self.k and self.order:
             await self._assign_next()
@@ -181,7 +192,9 @@ class TaskRun:
                 reveal="immediate" if self.immediate else "on_request",
                 deadline_ms=int(sess.precommit_timeout_s * 1000),
             )
-            assign = assign.model_copy(update={"sig": self.identity.sign(wire.signing_payload(assign, link.nonce))})
+            assign = assign.model_copy(
+                update={"sig": self.identity.sign(wire.signing_payload(assign, link.nonce))}
+            )
             now = time.time()
             self._submit(
                 insert(s.assignments).values(
@@ -204,7 +217,9 @@ class TaskRun:
             self._fail_slot(slot, "disconnected")
             return
         if slot.status not in PENDING:
-            self.hub.strike(slot.link, "replay", self.spec.id, f"{msg.type} after the slot ended ({slot.status})")
+            self.hub.strike(
+                slot.link, "replay", self.spec.id, f"{msg.type} after the slot ended ({slot.status})"
+            )
             return
         now = time.monotonic()
         sess = self.spec.session
@@ -257,7 +272,9 @@ class TaskRun:
                 self._fail_slot(slot, "bad_reveal")
                 return
         if slot.parts and slot.text != msg.output:
-            self.hub.strike(slot.link, "stream_mismatch", self.spec.id, "committed text differs from streamed")
+            self.hub.strike(
+                slot.link, "stream_mismatch", self.spec.id, "committed text differs from streamed"
+            )
             self._fail_slot(slot, "stream_mismatch")
             return
         slot.status = "committed"
@@ -286,7 +303,12 @@ class TaskRun:
         now = time.monotonic()
         for sl in list(self.slots.values()):
             if sl.status in PENDING and sl.deadline <= now:
-                phase = {"assigned": "ack", "acked": "precommit", "precommitted": "commit", "revealing": "commit"}
+                phase = {
+                    "assigned": "ack",
+                    "acked": "precommit",
+                    "precommitted": "commit",
+                    "revealing": "commit",
+                }
                 self.hub.strike(sl.link, "timeout", self.spec.id, f"missed the {phase[sl.status]} deadline")
                 self._fail_slot(sl, f"timeout_{phase[sl.status]}")
 
@@ -322,7 +344,9 @@ class TaskRun:
             return decide(reveals[:1], mode="none", quorum=1)
         vectors = np.stack(self.vectors) if self.mode == "semantic" else None
         quorum = min(self.m, len(reveals)) if not self._pending() and len(reveals) < self.m else self.m
-        d = decide(reveals, mode=self.mode, quorum=quorum, threshold=self.spec.session.threshold, vectors=vectors)
+        d = decide(
+            reveals, mode=self.mode, quorum=quorum, threshold=self.spec.session.threshold, vectors=vectors
+        )
         if d.verdict == "verified" and len(d.consensus) < self.m:
             # fewer miners than the quorum could ever answer: an answer, but not a verified one
             d = Decision("unverified", d.answer, d.consensus, d.dissent, d.score, d.similarity, d.groups)
@@ -336,7 +360,9 @@ class TaskRun:
             if self.leader is None or self.leader.commit is None:
                 # the streaming miner is gone: carry on from the answer if it extends what the user has seen
                 if not commit.output.startswith(self.sent):
-                    raise UpstreamFailed("the streaming miner failed and the others disagree with what was sent")
+                    raise UpstreamFailed(
+                        "the streaming miner failed and the others disagree with what was sent"
+                    )
                 if len(commit.output) > len(self.sent):
                     self.stream.put_nowait(commit.output[len(self.sent) :])
                     self.sent = commit.output
@@ -358,7 +384,9 @@ class TaskRun:
             similarity=d.similarity,
             miners=tuple(self.slots),
             consensus=tuple(d.consensus),
-            dissent=tuple(n for n, sl in self.slots.items() if sl.status not in PENDING and n not in d.consensus),
+            dissent=tuple(
+                n for n, sl in self.slots.items() if sl.status not in PENDING and n not in d.consensus
+            ),
             answered_by=lead.node,
             pending=tuple(n for n, sl in self.slots.items() if sl.status in PENDING),
         )
@@ -372,7 +400,7 @@ class TaskRun:
     async def _forward(self, slot: Slot) -> None:
         if self.stream is None or self.answer.done():
             return
-        if self.leader is None or self.leader.status not in PENDING + ("committed",):
+        if self.leader is None or self.leader.status not in (*PENDING, "committed"):
             if not slot.text.startswith(self.sent):
                 return
             self.leader = slot
@@ -476,7 +504,9 @@ class TaskRun:
 
     def _event(self, phase: str, node: str | None, **detail: Any) -> None:
         self.store.submit(
-            insert(s.task_events).values(task_id=self.spec.id, ts=time.time(), phase=phase, node=node, detail=detail)
+            insert(s.task_events).values(
+                task_id=self.spec.id, ts=time.time(), phase=phase, node=node, detail=detail
+            )
         )
         rank = PHASES.index(phase) if phase in PHASES else -1
         if rank > self.phase:

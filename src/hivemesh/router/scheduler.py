@@ -77,10 +77,8 @@ class Scheduler:
 
     async def _loop(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
             self._wake.clear()
             await self._dispatch()
 

@@ -118,7 +118,9 @@ class RouterService:
                 update(s.tasks).where(s.tasks.c.id == row["id"]).values(phase="failed", error=exc.message)
             )
             return
-        self.store.submit(insert(s.task_events).values(task_id=spec.id, ts=time.time(), phase="recovered", detail={}))
+        self.store.submit(
+            insert(s.task_events).values(task_id=spec.id, ts=time.time(), phase="recovered", detail={})
+        )
         deadline = time.monotonic() + RECOVERY_WAIT_S
         while True:
             try:

@@ -131,7 +131,9 @@ class Sessions:
 
     async def create(self, owner: str, **fields: Any) -> SessionSpec:
         try:
-            spec = replace(self.template(owner), id="ses_" + uuid.uuid4().hex[:24], created_at=time.time(), **fields)
+            spec = replace(
+                self.template(owner), id="ses_" + uuid.uuid4().hex[:24], created_at=time.time(), **fields
+            )
         except TypeError as exc:
             raise InvalidRequest(f"unknown session field: {exc}") from None
         validate(spec)

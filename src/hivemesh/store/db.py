@@ -82,7 +82,9 @@ class Store:
                 try:
                     async with self.engine.begin() as conn:
                         for stmt, params, _ in batch:
-                            await conn.execute(stmt, params) if params is not None else await conn.execute(stmt)
+                            await conn.execute(stmt, params) if params is not None else await conn.execute(
+                                stmt
+                            )
                 except Exception as exc:
                     log.exception("store batch failed size=%d", len(batch))
                     for _, _, fut in batch:
@@ -131,16 +133,24 @@ class Store:
     async def upsert_node(self, address: str, values: Row) -> None:
         now = time.time()
         async with self.engine.begin() as conn:
-            res = await conn.execute(update(s.nodes).where(s.nodes.c.address == address).values(last_seen=now, **values))
+            res = await conn.execute(
+                update(s.nodes).where(s.nodes.c.address == address).values(last_seen=now, **values)
+            )
             if res.rowcount == 0:
-                await conn.execute(insert(s.nodes).values(address=address, first_seen=now, last_seen=now, **values))
+                await conn.execute(
+                    insert(s.nodes).values(address=address, first_seen=now, last_seen=now, **values)
+                )
 
     def node_event(self, node: str, kind: str, task_id: str | None = None, detail: str = "") -> None:
         self.submit(
-            insert(s.node_events).values(node=node, ts=time.time(), kind=kind, task_id=task_id, detail=detail[:2000])
+            insert(s.node_events).values(
+                node=node, ts=time.time(), kind=kind, task_id=task_id, detail=detail[:2000]
+            )
         )
 
-    async def node_events(self, node: str | None = None, kind: str | None = None, limit: int = 100) -> list[Row]:
+    async def node_events(
+        self, node: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[Row]:
         q = select(s.node_events).order_by(s.node_events.c.id.desc()).limit(limit)
         if node:
             q = q.where(s.node_events.c.node == node)
@@ -150,11 +160,15 @@ class Store:
 
 
 def _migrate(conn: Connection) -> None:
-    conn.execute(text("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR(200) PRIMARY KEY, applied_at FLOAT)"))
+    conn.execute(
+        text("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR(200) PRIMARY KEY, applied_at FLOAT)")
+    )
     done = {r[0] for r in conn.execute(text("SELECT name FROM _migrations"))}
     for name, fn in s.MIGRATIONS:
         if name in done:
             continue
         fn(conn)
-        conn.execute(text("INSERT INTO _migrations (name, applied_at) VALUES (:n, :t)"), {"n": name, "t": time.time()})
+        conn.execute(
+            text("INSERT INTO _migrations (name, applied_at) VALUES (:n, :t)"), {"n": name, "t": time.time()}
+        )
         log.info("migration applied name=%s", name)

@@ -7,11 +7,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from ledger_helpers import FakeClock, addr
 
 from hivemesh.ledger import COR, Ledger, StakePools
-
 
 POOLS = StakePools({0: 0, 1: 1_000 * COR, 2: 2_000 * COR, 3: 4_000 * COR})
 

@@ -42,7 +42,9 @@ async def test_the_secret_is_stored_nowhere_only_its_hash(ledger: Ledger, user: 
     assert hashlib.sha256(secret.encode()).hexdigest().encode() in blob
 
 
-@pytest.mark.parametrize("secret", ["", "sk-nope", "hm-" + "x" * 40, "hm-" + "x" * 4000, "hm-\x00\n" + "y" * 38])
+@pytest.mark.parametrize(
+    "secret", ["", "sk-nope", "hm-" + "x" * 40, "hm-" + "x" * 4000, "hm-\x00\n" + "y" * 38]
+)
 async def test_unknown_keys_get_openais_message(ledger: Ledger, secret: str) -> None:
     with pytest.raises(AuthenticationFailed, match=r"^Incorrect API key provided: ") as e:
         await ledger.authenticate(secret)

@@ -88,7 +88,8 @@ def test_idle_keys_are_forgotten_when_the_table_is_full() -> None:
 
 
 @pytest.mark.parametrize(
-    ("seconds", "text"), [(0, "0ms"), (0.0201, "21ms"), (1, "1s"), (1.5, "1.5s"), (59.9991, "1m0s"), (360, "6m0s")]
+    ("seconds", "text"),
+    [(0, "0ms"), (0.0201, "21ms"), (1, "1s"), (1.5, "1.5s"), (59.9991, "1m0s"), (360, "6m0s")],
 )
 def test_duration_format(seconds: float, text: str) -> None:
     assert duration(seconds) == text

@@ -22,7 +22,9 @@ async def test_deposit_then_withdraw_moves_money_to_and_from_world(ledger: Ledge
     assert (await ledger.verify()).ok
 
 
-async def test_withdrawing_more_than_the_balance_is_refused_and_changes_nothing(ledger: Ledger, user: str) -> None:
+async def test_withdrawing_more_than_the_balance_is_refused_and_changes_nothing(
+    ledger: Ledger, user: str
+) -> None:
     await ledger.deposit(user, 5 * COR)
     with pytest.raises(InsufficientFunds, match=r"Insufficient funds in 0x.*holds 5 COR.*needs 6 COR") as e:
         await ledger.withdraw(user, 6 * COR)
@@ -62,7 +64,9 @@ async def test_reserve_beyond_escrow_is_refused(ledger: Ledger, user: str) -> No
     await ledger.deposit(user, 10 * COR)
     await ledger.fund_session("s1", user, 2 * COR)
     await ledger.reserve("s1", "t1", 1 * COR)
-    with pytest.raises(InsufficientFunds, match="Session s1 has 1 COR left in escrow; task t2 needs 1.5 COR"):
+    with pytest.raises(
+        InsufficientFunds, match=r"Session s1 has 1 COR left in escrow; task t2 needs 1\.5 COR"
+    ):
         await ledger.reserve("s1", "t2", 3 * COR // 2)
     assert await ledger.escrow_balance("s1") == 1 * COR
     assert await ledger.balance("hold:t1") == 1 * COR
@@ -100,7 +104,12 @@ async def test_settle_pays_miners_and_fee_and_releases_the_rest(
     await ledger.reserve("s1", "t1", 2 * COR)
     s = await ledger.settle("t1", {miner: COR // 2, miner2: COR // 4}, treasury_fee=COR // 10)
     assert dict(s.payouts) == {miner: COR // 2, miner2: COR // 4}
-    assert (s.reserved, s.treasury_fee, s.released, s.charged) == (2 * COR, COR // 10, 115 * COR // 100, 85 * COR // 100)
+    assert (s.reserved, s.treasury_fee, s.released, s.charged) == (
+        2 * COR,
+        COR // 10,
+        115 * COR // 100,
+        85 * COR // 100,
+    )
     assert await ledger.balance(miner) == COR // 2
     assert await ledger.balance(miner2) == COR // 4
     assert await ledger.balance(TREASURY) == COR // 10
@@ -111,7 +120,9 @@ async def test_settle_pays_miners_and_fee_and_releases_the_rest(
     assert (await ledger.verify()).ok
 
 
-async def test_settling_twice_is_a_no_op_returning_the_first_result(ledger: Ledger, user: str, miner: str) -> None:
+async def test_settling_twice_is_a_no_op_returning_the_first_result(
+    ledger: Ledger, user: str, miner: str
+) -> None:
     await ledger.deposit(user, 10 * COR)
     await ledger.fund_session("s1", user, 5 * COR)
     await ledger.reserve("s1", "t1", 2 * COR)

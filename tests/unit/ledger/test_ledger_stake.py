@@ -40,7 +40,7 @@ async def test_unstake_only_after_the_cooldown(ledger: Ledger, miner: str, clock
     assert view.unstaking == (1_500 * COR, available)
 
     clock.advance(timedelta(days=7) - timedelta(seconds=1))
-    with pytest.raises(LedgerError, match="cooldown .* ends at"):
+    with pytest.raises(LedgerError, match=r"cooldown .* ends at"):
         await ledger.complete_unstake(miner)
     assert await ledger.balance(miner) == 0
 
@@ -85,7 +85,8 @@ async def test_slash_takes_a_share_of_active_and_cooling_stake_to_the_treasury(
 async def test_slash_rounds_down_and_reads_floats_as_decimals(ledger: Ledger, miner: str) -> None:
     await ledger.deposit(miner, 1_000)
     await ledger.stake(miner, 1_000, pool=0)
-    assert await ledger.slash(miner, 0.1, "x") == 100  # exactly 1/10, not the binary float's 0.1000000000000000055
+    # 0.1 means exactly 1/10, not the binary float's 0.1000000000000000055...
+    assert await ledger.slash(miner, 0.1, "x") == 100
     assert await ledger.slash(miner, Fraction(1, 3), "x") == 300
     assert await ledger.slash(miner, 0.5, "nothing staked") == 300
     for bad in (0, 1.5, -0.1, float("nan"), float("inf")):

@@ -82,7 +82,9 @@ async def test_deleting_an_entry_names_the_entry_after_the_gap(busy: Ledger, db_
         f"shard = (SELECT shard FROM entries WHERE id = {victim}) "
         f"AND seq = (SELECT seq + 1 FROM entries WHERE id = {victim})",
     )
-    tamper(db_path, f"DELETE FROM postings WHERE entry_id = {victim}", f"DELETE FROM entries WHERE id = {victim}")
+    tamper(
+        db_path, f"DELETE FROM postings WHERE entry_id = {victim}", f"DELETE FROM entries WHERE id = {victim}"
+    )
     report = await busy.verify()
     assert not report.ok
     assert report.first_bad_entry == successor
@@ -91,7 +93,9 @@ async def test_deleting_an_entry_names_the_entry_after_the_gap(busy: Ledger, db_
 
 async def test_deleting_the_newest_entry_names_it(busy: Ledger, db_path: Path) -> None:
     victim = entry_ids(db_path)[-1]
-    tamper(db_path, f"DELETE FROM postings WHERE entry_id = {victim}", f"DELETE FROM entries WHERE id = {victim}")
+    tamper(
+        db_path, f"DELETE FROM postings WHERE entry_id = {victim}", f"DELETE FROM entries WHERE id = {victim}"
+    )
     report = await busy.verify()
     assert (report.ok, report.first_bad_entry) == (False, victim)
     assert "chain head" in report.reason

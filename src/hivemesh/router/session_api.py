@@ -1,0 +1,276 @@
+"""The Session API (``/api/v1``): sessions, their tasks with the PoUW record, prompt submission, and the
+Cortensor-style router endpoints (info, status, miners) for clients written against that API."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hivemesh import __version__
+from hivemesh.errors import InvalidRequest, NotFound
+from hivemesh.protocol.openai import ChatCompletionRequest, CompletionRequest, InMessage
+from hivemesh.protocol.wire import ChatMessage
+from hivemesh.router.openai_api import JSONResponse, OpenAIApi, outcome_headers, parse_body, render
+from hivemesh.router.sessions import to_json
+from hivemesh.store import schema as s
+
+
+class CreateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(default="", max_length=200)
+    model: str | None = None
+    redundancy: int | None = None
+    quorum: int | None = None
+    mode: Literal["exact", "semantic", "none"] | None = None
+    threshold: float | None = None
+    ack_timeout_s: float | None = None
+    precommit_timeout_s: float | None = None
+    commit_timeout_s: float | None = None
+    max_tokens: int | None = None
+    sla: Literal["low", "medium", "high"] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SubmitPrompt(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    session_id: str | None = None
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[InMessage] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    wait: bool = True  # false: answer 202 with the task id at once; poll the task
+
+
+def task_json(
+    row: dict[str, Any],
+    events: list[dict[str, Any]] | None = None,
+    assignments: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": row["id"],
+        "object": "task",
+        "session_id": row["session_id"],
+        "model": row["model"],
+        "kind": row["kind"],
+        "phase": row["phase"],
+        "verdict": row["verdict"],
+        "answer": row["answer"],
+        "finish_reason": row["finish_reason"],
+        "usage": None
+        if row["prompt_tokens"] is None
+        else {"prompt_tokens": row["prompt_tokens"], "completion_tokens": row["completion_tokens"]},
+        "seed": row["seed"],
+        "candidates": row["candidates"],
+        "hivemesh": row["result"],
+        "error": row["error"],
+        "created_at": row["created_at"],
+        "finished_at": row["finished_at"],
+    }
+    if events is not None:
+        out["history"] = [
+            {"phase": e["phase"], "at": e["ts"], "node": e["node"], **(e["detail"] or {})} for e in events
+        ]
+    if assignments is not None:
+        out["miners"] = [
+            {
+                "node": a["node"],
+                "slot": a["slot"],
+                "status": a["status"],
+                "assigned_at": a["assigned_at"],
+                "acked_at": a["acked_at"],
+                "precommit_at": a["precommit_at"],
+                "commit_at": a["commit_at"],
+                "precommit": a["digest"],
+                "output": a["output"],
+                "in_consensus": a["in_consensus"],
+                "elapsed_ms": a["elapsed_ms"],
+                "ttft_ms": a["ttft_ms"],
+                "reason": a["reason"],
+            }
+            for a in assignments
+        ]
+    return out
+
+
+class SessionApi:
+    def __init__(self, api: OpenAIApi) -> None:
+        self.api = api
+        self.service = api.service
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/v1/info", self.info, methods=["GET"]),
+            Route("/api/v1/status", self.status, methods=["GET"]),
+            Route("/api/v1/miners", self.miners, methods=["GET"]),
+            Route("/api/v1/sessions", self.create_session, methods=["POST"]),
+            Route("/api/v1/sessions", self.list_sessions, methods=["GET"]),
+            Route("/api/v1/sessions/{session_id}", self.get_session, methods=["GET"]),
+            Route("/api/v1/sessions/{session_id}", self.deactivate, methods=["DELETE"]),
+            Route("/api/v1/sessions/{session_id}/deactivate", self.deactivate, methods=["POST"]),
+            Route("/api/v1/sessions/{session_id}/tasks", self.list_tasks, methods=["GET"]),
+            Route("/api/v1/tasks/{session_id}", self.list_tasks, methods=["GET"]),
+            Route("/api/v1/tasks/{session_id}/{task_id}", self.get_task, methods=["GET"]),
+            Route("/api/v1/completions", self.submit, methods=["POST"]),
+            Route("/api/v1/completions/{session_id}", self.submit, methods=["POST"]),
+        ]
+
+    # ------------------------------------------------------------------ router info
+
+    async def info(self, request: Request) -> Response:
+        svc = self.service
+        return JSONResponse(
+            {
+                "name": "hivemesh",
+                "version": __version__,
+                "router": svc.identity.address,
+                "models": sorted(svc.hub.models()),
+                "defaults": to_json(svc.sessions.template("")) | {"id": None, "owner": None},
+                "started_at": svc.started_at,
+            }
+        )
+
+    async def status(self, request: Request) -> Response:
+        svc = self.service
+        counts = await svc.store.fetch_all(select(s.tasks.c.phase, func.count()).group_by(s.tasks.c.phase))
+        return JSONResponse(
+            {
+                "miners": len(svc.hub.links),
+                "capacity": sum(ln.capacity for ln in svc.hub.links.values()),
+                "inflight": sum(ln.inflight for ln in svc.hub.links.values()),
+                "queue_depth": svc.scheduler.depth,
+                "tasks_by_phase": {r["phase"]: r["count_1"] for r in counts},
+                "uptime_s": round(time.time() - svc.started_at, 1),
+            }
+        )
+
+    async def miners(self, request: Request) -> Response:
+        hub = self.service.hub
+        data = [
+            {
+                "node": ln.node,
+                "models": sorted(ln.models),
+                "capacity": ln.capacity,
+                "inflight": ln.inflight,
+                "pool": ln.pool,
+                "hardware": ln.hardware.model_dump(),
+                "version": ln.version,
+                "connected_at": ln.connected_at,
+                "score": hub.score(ln.node),
+                "tasks_finished": ln.finished,
+            }
+            for ln in hub.links.values()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    # ------------------------------------------------------------------ sessions
+
+    async def create_session(self, request: Request) -> Response:
+        principal = await self.api.principal(request)
+        body = await parse_body(request, CreateSession)
+        fields = {k: v for k, v in body.model_dump(exclude={"metadata"}).items() if v is not None}
+        if body.model is not None and body.model not in self.service.hub.known_models:
+            raise NotFound(
+                f"The model '{body.model}' does not exist or no miner serves it",
+                param="model",
+                code="model_not_found",
+            )
+        spec = await self.service.sessions.create(principal.owner, meta=body.metadata, **fields)
+        return JSONResponse(to_json(spec), status_code=201)
+
+    async def list_sessions(self, request: Request) -> Response:
+        principal = await self.api.principal(request)
+        specs = await self.service.sessions.list(principal.owner)
+        return JSONResponse({"object": "list", "data": [to_json(x) for x in specs]})
+
+    async def get_session(self, request: Request) -> Response:
+        principal = await self.api.principal(request)
+        spec = await self.service.sessions.get(request.path_params["session_id"], owner=principal.owner)
+        return JSONResponse(to_json(spec) | {"queue_depth": self.service.scheduler.depth_of(spec.id)})
+
+    async def deactivate(self, request: Request) -> Response:
+        principal = await self.api.principal(request)
+        spec = await self.service.sessions.deactivate(
+            request.path_params["session_id"], owner=principal.owner
+        )
+        return JSONResponse(to_json(spec))
+
+    # ------------------------------------------------------------------ tasks
+
+    async def list_tasks(self, request: Request) -> Response:
+        principal = await self.api.principal(request)
+        sid = request.path_params["session_id"]
+        await self.service.sessions.get(sid, owner=principal.owner)
+        try:
+            limit = min(int(request.query_params.get("limit", "100")), 1000)
+        except ValueError:
+            raise InvalidRequest("limit must be an integer", param="limit") from None
+        rows = await self.service.store.fetch_all(
+            select(s.tasks)
+            .where(s.tasks.c.session_id == sid)
+            .order_by(s.tasks.c.created_at.desc())
+            .limit(limit)
+        )
+        return JSONResponse({"object": "list", "data": [task_json(r) for r in rows]})
+
+    async def get_task(self, request: Request) -> Response:
+        principal = await self.api.principal(request)
+        sid, tid = request.path_params["session_id"], request.path_params["task_id"]
+        await self.service.sessions.get(sid, owner=principal.owner)
+        store = self.service.store
+        row = await store.get_task(tid)
+        if row is None or row["session_id"] != sid:
+            raise NotFound(f"task {tid!r} not found in session {sid!r}", param="task_id")
+        return JSONResponse(task_json(row, await store.task_events(tid), await store.task_assignments(tid)))
+
+    async def submit(self, request: Request) -> Response:
+        principal = await self.api.principal(request)
+        body = await parse_body(request, SubmitPrompt)
+        sid = request.path_params.get("session_id") or body.session_id
+        if not sid:
+            raise InvalidRequest("session_id is required", param="session_id")
+        session = await self.service.sessions.get(sid, owner=principal.owner)
+        if not session.active:
+            raise InvalidRequest(f"session {sid!r} is deactivated", param="session_id")
+        model = body.model or session.model or next(iter(sorted(self.service.hub.models())), None)
+        if model is None:
+            raise NotFound("no model given and no miner is connected", param="model", code="model_not_found")
+        common = {
+            "model": model,
+            "max_tokens": body.max_tokens,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "stop": body.stop,
+            "seed": body.seed,
+            "stream": body.stream and body.wait,
+        }
+        if body.messages:
+            req: ChatCompletionRequest | CompletionRequest = ChatCompletionRequest(
+                messages=body.messages, **common
+            )
+            messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
+            spec = self.api.build_spec(session, req, "chat", messages=messages)
+        elif body.prompt is not None:
+            req = CompletionRequest(prompt=body.prompt, **common)
+            spec = self.api.build_spec(session, req, "completion", prompt=body.prompt)
+        else:
+            raise InvalidRequest("give a prompt or messages", param="prompt")
+        run = await self.service.submit(spec, stream=req.stream)
+        if req.stream:
+            return self.api.stream_response(run, spec, spec.kind, include_usage=True)
+        if not body.wait:
+            return JSONResponse(
+                {"id": spec.id, "object": "task", "session_id": sid, "phase": "queued"}, status_code=202
+            )
+        outcome = await run.answer
+        return JSONResponse(render(outcome, spec, spec.kind), headers=outcome_headers(outcome))
