@@ -58,7 +58,7 @@ class HivemeshError(Exception):
 class InvalidRequest(HivemeshError):
     status = 400
     type = "invalid_request_error"
-    code = None
+    code: str | None = None
 
 
 class ContextTooLong(InvalidRequest):

@@ -14,7 +14,7 @@ from pathlib import Path
 import coincurve
 from eth_account import Account
 from eth_hash.auto import keccak
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from hivemesh.errors import BadSignature
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,7 +24,8 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="All state live
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 
 
-def _run(coro: object) -> None:
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
 
@@ -32,7 +33,7 @@ def _run(coro: object) -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency via uvicorn[standard]
         runner = asyncio.run
     try:
-        runner(coro)  # type: ignore[arg-type]
+        runner(coro)
     except KeyboardInterrupt:
         pass
     except HivemeshError as exc:
@@ -155,4 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -137,13 +137,11 @@ class MinerAgent:
                 self.jobs[msg.task_id] = job
                 job.task = asyncio.create_task(self._serve(ws, nonce, job), name=f"job-{msg.task_id}")
             elif isinstance(msg, wire.RevealRequest):
-                job = self.jobs.get(msg.task_id)
-                if job:
-                    job.reveal.set()
+                if (waiting := self.jobs.get(msg.task_id)) is not None:
+                    waiting.reveal.set()
             elif isinstance(msg, wire.Cancel):
-                job = self.jobs.get(msg.task_id)
-                if job and job.task:
-                    job.task.cancel()
+                if (running := self.jobs.get(msg.task_id)) is not None and running.task:
+                    running.task.cancel()
             elif isinstance(msg, wire.Ping):
                 await ws.send(wire.encode(wire.Pong(nonce=msg.nonce)))
 
@@ -174,20 +172,16 @@ class MinerAgent:
             output = "".join(parts)
             salt = secrets.token_bytes(16)
             elapsed = int((time.monotonic() - t0) * 1000)
-            common = {"task_id": tid, "node": self.identity.address, "usage": finished.usage}
+            node, usage, fin = self.identity.address, finished.usage, finished.finish_reason
             if a.reveal == "on_request":
                 digest = hashlib.sha256(salt + output.encode()).hexdigest()
                 pre = wire.Precommit(
-                    **common, digest=digest, finish_reason=finished.finish_reason, elapsed_ms=elapsed
+                    task_id=tid, node=node, usage=usage, digest=digest, finish_reason=fin, elapsed_ms=elapsed
                 )
                 await ws.send(wire.encode(self._signed(pre, nonce)))
                 await asyncio.wait_for(job.reveal.wait(), a.deadline_ms / 1000 + REVEAL_GRACE_S)
             commit = wire.Commit(
-                **common,
-                output=output,
-                salt=salt.hex(),
-                finish_reason=finished.finish_reason,
-                elapsed_ms=elapsed,
+                task_id=tid, node=node, usage=usage, output=output, salt=salt.hex(), finish_reason=fin, elapsed_ms=elapsed
             )
             await ws.send(wire.encode(self._signed(commit, nonce)))
             self.served += 1

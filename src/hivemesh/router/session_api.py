@@ -255,13 +255,13 @@ class SessionApi:
             "stream": body.stream and body.wait,
         }
         if body.messages:
-            req: ChatCompletionRequest | CompletionRequest = ChatCompletionRequest(
-                messages=body.messages, **common
+            req: ChatCompletionRequest | CompletionRequest = ChatCompletionRequest.model_validate(
+                {**common, "messages": body.messages}
             )
             messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
             spec = self.api.build_spec(session, req, "chat", messages=messages)
         elif body.prompt is not None:
-            req = CompletionRequest(prompt=body.prompt, **common)
+            req = CompletionRequest.model_validate({**common, "prompt": body.prompt})
             spec = self.api.build_spec(session, req, "completion", prompt=body.prompt)
         else:
             raise InvalidRequest("give a prompt or messages", param="prompt")

@@ -54,8 +54,10 @@ async def pg_database(pg_server: str) -> AsyncIterator[str]:
     name = f"hm_test_{uuid.uuid4().hex[:12]}"
     await _admin(f'CREATE DATABASE "{name}"', pg_server)
     try:
-        yield make_url(pg_server).set(drivername="postgresql+asyncpg", database=name).render_as_string(
-            hide_password=False
+        yield (
+            make_url(pg_server)
+            .set(drivername="postgresql+asyncpg", database=name)
+            .render_as_string(hide_password=False)
         )
     finally:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', pg_server)

@@ -33,7 +33,9 @@ def find_bindir() -> Path | None:
     """The newest ``/usr/lib/postgresql/<ver>/bin`` holding ``postgres``, else the one ``initdb`` is in on PATH."""
     found = glob.glob("/usr/lib/postgresql/*/bin/postgres")
     if found:
-        newest = max(found, key=lambda p: [int(x) for x in Path(p).parts[-3].split(".") if x.isdigit()] or [0])
+        newest = max(
+            found, key=lambda p: [int(x) for x in Path(p).parts[-3].split(".") if x.isdigit()] or [0]
+        )
         return Path(newest).parent
     initdb = shutil.which("initdb")
     return Path(os.path.realpath(initdb)).parent if initdb else None
@@ -69,7 +71,9 @@ class PgServer:
                 try:
                     pw = pwd.getpwnam("postgres")
                 except KeyError:
-                    raise PgUnavailable("running as root but there is no 'postgres' OS user to run the server") from None
+                    raise PgUnavailable(
+                        "running as root but there is no 'postgres' OS user to run the server"
+                    ) from None
                 if runuser is None:
                     raise PgUnavailable("running as root but runuser(1) is missing")
                 as_user = [runuser, "-u", "postgres", "--"]
@@ -91,7 +95,9 @@ class PgServer:
                      "-h", "127.0.0.1", "-k", str(root), *settings],
                     stdout=log_file, stderr=subprocess.STDOUT,
                 )  # fmt: skip
-            server = cls(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres", port, root, bindir, proc, as_user)
+            server = cls(
+                f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres", port, root, bindir, proc, as_user
+            )
             try:
                 server._wait_ready(timeout)
                 yield server
@@ -104,7 +110,16 @@ class PgServer:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        probe = [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q"]
+        probe = [
+            str(self.bindir / "pg_isready"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-q",
+        ]
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise PgUnavailable(f"postgres exited with {self._proc.returncode}:\n{self._log_tail()}")
