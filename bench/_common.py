@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "150")))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -366,15 +366,18 @@ def run_load(host: str, port: int, request: bytes, concurrency: int, duration: f
 
 
 @contextlib.contextmanager
-def py_spy(pid: int, out: Path, duration: float, rate: int = 250) -> Iterator[subprocess.Popen[bytes] | None]:
-    """Record collapsed stacks of ``pid`` (py-spy ``--format raw``) for ``duration`` seconds, if py-spy exists."""
+def py_spy(
+    pid: int, out: Path, duration: float, rate: int = 250, gil: bool = True
+) -> Iterator[subprocess.Popen[bytes] | None]:
+    """Record collapsed stacks of ``pid`` (py-spy ``--format raw``) for ``duration`` seconds, if py-spy exists.
+    With ``gil`` only the thread holding the GIL is sampled: Python CPU time, not threads parked in a queue."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists():
         console.print("[yellow]py-spy not found: pip install py-spy (profiling skipped)")
         yield None
         return
     p = subprocess.Popen(
-        [exe, "record", "-p", str(pid), "-r", str(rate), "-d", str(int(duration + 0.999)), "-f", "raw", "-o", str(out)],
+        [exe, "record", "-p", str(pid), "-r", str(rate), "-d", str(int(duration + 0.999)), "-f", "raw", "-o", str(out), *(["--gil"] if gil else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:

@@ -79,7 +79,8 @@ class MinerHub:
         self.listeners: list[Callable[[], None]] = []  # woken when capacity may have freed up
         self.finished_counts: dict[str, int] = {}
         self.scores: dict[str, float] = {}
-        self.known_models: set[str] = set()  # every model a miner has ever served here
+        self.known_models: set[str] = set()
+        self.shutting_down = False  # set when the router stops: tasks in flight are left to resume, not failed  # every model a miner has ever served here
 
     # ------------------------------------------------------------------ queries used by the scheduler
 
@@ -172,7 +173,11 @@ class MinerHub:
         while True:
             try:
                 raw = await link.ws.receive_text()
-            except (WebSocketDisconnect, RuntimeError, KeyError):
+            except WebSocketDisconnect as exc:
+                if exc.code == 1012:  # the server itself is restarting: in-flight tasks resume after it
+                    self.shutting_down = True
+                return
+            except (RuntimeError, KeyError):
                 return
             try:
                 msg = wire.decode_from_miner(raw)
@@ -222,12 +227,14 @@ class MinerHub:
         if self.links.get(link.node) is link:
             del self.links[link.node]
         log.info("miner left node=%s reason=%s", link.node, why)
-        for run in list(self.runs.values()):
-            run.on_disconnect(link.node)
+        if not self.shutting_down:
+            for run in list(self.runs.values()):
+                run.on_disconnect(link.node)
         await _close(link.ws, 1000, why)
         self._notify()
 
     async def close(self) -> None:
+        self.shutting_down = True
         for link in list(self.links.values()):
             await self._drop(link, "router shutting down")
 

@@ -117,7 +117,7 @@ class TaskRun:
     # ------------------------------------------------------------------ the run
 
     async def run(self) -> None:
-        self.hub.runs[self.spec.id] = self
+        """Drive the task to its end. ``begin`` must have been called."""
         try:
             await self._start()
             while self._pending():
@@ -144,10 +144,11 @@ class TaskRun:
                     self._release(sl)
             self.hub.runs.pop(self.spec.id, None)
 
-    async def _start(self) -> None:
+    def begin(self) -> None:
+        """Pick and reserve the first k miners, synchronously: called by the scheduler at admission, so no other
+        task can take the same capacity in between. Raises NoMinerAvailable if no miner has room."""
         spec = self.spec
         serving = self.hub.serving(spec.model)
-        seed = spec.params.seed
         cands = [
             Candidate(
                 node=NodeId(ln.node),
@@ -158,7 +159,7 @@ class TaskRun:
             )
             for ln in serving
         ]
-        self.order = list(rank(cands, seed))
+        self.order = list(rank(cands, spec.params.seed))
         self.k = min(self.k, len(self.order)) or 1
         self.immediate = self.k == 1 and self.mode == "none"
         self._submit(
@@ -166,45 +167,57 @@ class TaskRun:
             .where(s.tasks.c.id == spec.id)
             .values(candidates=list(self.order), updated_at=time.time())
         )
-        while len(self.slots) < self.k and self.order:
-            await self._assign_next()
+        while len(self.slots) < self.k and self._reserve_next() is not None:
+            pass
         if not self.slots:
             raise NoMinerAvailable(f"no miner serving {spec.model!r} has free capacity", retry_after=1)
+        self.hub.runs[spec.id] = self
 
-    async def _assign_next(self) -> bool:
+    async def _start(self) -> None:
+        for slot in list(self.slots.values()):
+            await self._send_assign(slot)
+
+    def _reserve_next(self) -> Slot | None:
         while self.order:
             node = self.order.pop(0)
             link = self.hub.reserve(node)
             if link is None:
                 continue
-            sess = self.spec.session
             slot = Slot(node=node, link=link, index=len(self.slots))
-            slot.deadline = slot.assigned_at + sess.ack_timeout_s
+            slot.deadline = slot.assigned_at + self.spec.session.ack_timeout_s
             self.slots[node] = slot
-            assign = wire.Assign(
-                task_id=self.spec.id,
-                model=self.spec.model,
-                kind=self.spec.kind,
-                messages=self.spec.messages,
-                prompt=self.spec.prompt,
-                params=self.spec.params,
-                stream=self.stream is not None,
-                reveal="immediate" if self.immediate else "on_request",
-                deadline_ms=int(sess.precommit_timeout_s * 1000),
-            )
-            assign = assign.model_copy(
-                update={"sig": self.identity.sign(wire.signing_payload(assign, link.nonce))}
-            )
-            now = time.time()
-            self._submit(
-                insert(s.assignments).values(
-                    task_id=self.spec.id, node=node, slot=slot.index, status="assigned", assigned_at=now
-                )
-            )
-            self._event("assigned", node)
-            if await link.send(assign):
+            return slot
+        return None
+
+    async def _assign_next(self) -> bool:
+        while (slot := self._reserve_next()) is not None:
+            if await self._send_assign(slot):
                 return True
-            self._fail_slot(slot, "disconnected")
+        return False
+
+    async def _send_assign(self, slot: Slot) -> bool:
+        sess = self.spec.session
+        assign = wire.Assign(
+            task_id=self.spec.id,
+            model=self.spec.model,
+            kind=self.spec.kind,
+            messages=self.spec.messages,
+            prompt=self.spec.prompt,
+            params=self.spec.params,
+            stream=self.stream is not None,
+            reveal="immediate" if self.immediate else "on_request",
+            deadline_ms=int(sess.precommit_timeout_s * 1000),
+        )
+        assign = assign.model_copy(update={"sig": self.identity.sign(wire.signing_payload(assign, slot.link.nonce))})
+        self._submit(
+            insert(s.assignments).values(
+                task_id=self.spec.id, node=slot.node, slot=slot.index, status="assigned", assigned_at=time.time()
+            )
+        )
+        self._event("assigned", slot.node)
+        if await slot.link.send(assign):
+            return True
+        self._fail_slot(slot, "disconnected")
         return False
 
     # ------------------------------------------------------------------ events

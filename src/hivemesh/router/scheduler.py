@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hivemesh.errors import NoMinerAvailable
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class Ticket:
     spec: TaskSpec
-    start: Callable[[], Awaitable[None]]  # launches the task run once capacity is there
+    start: Callable[[], None]  # reserves miners and launches the task run (synchronous: admission is atomic)
     enqueued: float = field(default_factory=time.monotonic)
     started: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -69,7 +69,7 @@ class Scheduler:
             raise NoMinerAvailable(f"no connected miner serves {ticket.spec.model!r}", retry_after=5)
         sid = ticket.spec.session.id
         if not self.queues.get(sid) and self.ready(ticket.spec):  # fast path: nothing ahead, capacity free
-            await ticket.start()
+            ticket.start()
             return
         self.queues.setdefault(sid, deque()).append(ticket)
         self._wake.set()
@@ -107,7 +107,7 @@ class Scheduler:
                     if not q:
                         del self.queues[sid]
                     try:
-                        await t.start()
+                        t.start()
                     except Exception as exc:
                         t.started.set_exception(exc)
                     else:

@@ -50,6 +50,7 @@ class RouterService:
         self._spawn(self._recover(), "recover")
 
     async def close(self) -> None:
+        self.hub.shutting_down = True
         await self.scheduler.close()
         for t in list(self._bg):
             t.cancel()
@@ -86,7 +87,8 @@ class RouterService:
             stream=queue,
         )
 
-        async def start() -> None:
+        def start() -> None:
+            run.begin()
             self._spawn(run.run(), f"task-{spec.id}")
 
         try:
