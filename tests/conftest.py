@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import settings
 
 from hivemesh.config import MinerConfig, RouterConfig, SessionDefaults
 from hivemesh.router.auth import key_hash
@@ -24,6 +25,9 @@ from hivemesh.router.auth import key_hash
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+settings.register_profile("hivemesh", deadline=None)  # 2 shared cores: wall-clock deadlines only add flakes
+settings.load_profile("hivemesh")
 
 T = TypeVar("T")
 API_KEY = "hm-test-key-0123456789"

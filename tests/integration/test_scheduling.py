@@ -52,16 +52,16 @@ def test_capacity_is_never_exceeded(network: Network) -> None:
 
 def test_sessions_are_served_round_robin(network: Network) -> None:
     network.start_router()
-    network.add_miner("a", engine_obj=InstantEngine(capacity=1, tokens=4, token_delay_s=0.02))
+    network.add_miner("a", engine_obj=InstantEngine(capacity=1, tokens=4, token_delay_s=0.04))
     with httpx.Client(base_url=network.url + "/api/v1", headers=H) as c:
         busy = c.post("/sessions", json={"redundancy": 1, "quorum": 1, "mode": "none"}).json()["id"]
         quiet = c.post("/sessions", json={"redundancy": 1, "quorum": 1, "mode": "none"}).json()["id"]
     done: list[Any] = []
-    threads = [threading.Thread(target=_submit, args=(network, busy, f"busy-{i}", done)) for i in range(6)]
+    threads = [threading.Thread(target=_submit, args=(network, busy, f"busy-{i}", done)) for i in range(8)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 10
-    while network.service.scheduler.depth_of(busy) < 4 and time.monotonic() < deadline:
+    while network.service.scheduler.depth_of(busy) < 6 and time.monotonic() < deadline:
         time.sleep(0.002)
     q = threading.Thread(target=_submit, args=(network, quiet, "quiet", done))
     q.start()

@@ -42,6 +42,8 @@ class TaskSpec:
     prompt: str = ""
     stream: bool = False
     created_at: float = 0.0
+    network: bool = False  # a validator's task (liveness, capability, canary): may reach quarantined nodes
+    target: str | None = None  # run on this node only (a capability test of one node)
 
 
 @dataclass(frozen=True, slots=True)

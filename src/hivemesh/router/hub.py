@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -78,7 +78,7 @@ class MinerHub:
         self.runs: dict[str, TaskSink] = {}
         self.listeners: list[Callable[[], None]] = []  # woken when capacity may have freed up
         self.finished_counts: dict[str, int] = {}
-        self.scores: dict[str, float] = {}
+        self.reputation: Any = None  # router.reputation.Reputation, set by the service
         self.known_models: set[str] = set()
         self.shutting_down = False  # set when the router stops: tasks in flight are left to resume, not failed  # every model a miner has ever served here
 
@@ -92,11 +92,17 @@ class MinerHub:
         return out
 
     def score(self, node: str) -> float:
-        """The node's total reputation score in [0, 1] (neutral until reputation is wired in)."""
-        return self.scores.get(node, 0.5)
+        """The node's total reputation score in [0, 1] (0.5, neutral, without a reputation service)."""
+        return self.reputation.total(node) if self.reputation is not None else 0.5
 
-    def serving(self, model: str) -> list[MinerLink]:
-        return [ln for ln in self.links.values() if model in ln.models and not ln.closed]
+    def serving(self, model: str, sla: str | None = None, *, network: bool = False) -> list[MinerLink]:
+        """Connected miners serving ``model``; with ``sla``, only those eligible for user work at that tier
+        (not quarantined, level and speed fit). Network tasks (``network=True``) may reach quarantined nodes."""
+        out = [ln for ln in self.links.values() if model in ln.models and not ln.closed]
+        rep = self.reputation
+        if sla is None or rep is None:
+            return out
+        return [ln for ln in out if (network or not rep.is_quarantined(ln.node)) and rep.fits(ln.node, sla)]
 
     def reserve(self, node: str) -> MinerLink | None:
         link = self.links.get(node)

@@ -22,6 +22,7 @@ import numpy as np
 from sqlalchemy import insert, update
 
 from hivemesh.core.agreement import Decision, Reveal, decide
+from hivemesh.core.reputation import Counters
 from hivemesh.core.selection import Candidate, rank
 from hivemesh.errors import HivemeshError, NoMinerAvailable, UpstreamFailed
 from hivemesh.identity import Identity
@@ -58,6 +59,8 @@ class Slot:
     first_delta_at: float | None = None
     commit: wire.Commit | None = None
     reason: str | None = None
+    acked: bool = False
+    precommitted: bool = False
 
     @property
     def text(self) -> str:
@@ -81,6 +84,7 @@ class TaskRun:
         store: Store,
         identity: Identity,
         embed: Any = None,  # async (texts) -> np.ndarray, for semantic mode
+        reputation: Any = None,  # router.reputation.Reputation: told how every slot ended
         stream: asyncio.Queue[str | StreamEnd] | None = None,
     ) -> None:
         self.spec = spec
@@ -88,6 +92,7 @@ class TaskRun:
         self.store = store
         self.identity = identity
         self.embed = embed
+        self.reputation = reputation
         self.stream = stream
         sess = spec.session
         self.mode = sess.mode if (sess.mode != "semantic" or embed is not None) else "exact"
@@ -148,7 +153,9 @@ class TaskRun:
         """Pick and reserve the first k miners, synchronously: called by the scheduler at admission, so no other
         task can take the same capacity in between. Raises NoMinerAvailable if no miner has room."""
         spec = self.spec
-        serving = self.hub.serving(spec.model)
+        serving = self.hub.serving(spec.model, spec.session.sla, network=spec.network)
+        if spec.target is not None:
+            serving = [ln for ln in serving if ln.node == spec.target]
         cands = [
             Candidate(
                 node=NodeId(ln.node),
@@ -241,6 +248,7 @@ class TaskRun:
                 self.hub.strike(slot.link, "replay", self.spec.id, "duplicate ack")
                 return
             slot.status = "acked"
+            slot.acked = True
             slot.deadline = slot.assigned_at + sess.precommit_timeout_s
             self._slot_update(slot, acked_at=time.time())
             self._event("acked", node)
@@ -258,6 +266,7 @@ class TaskRun:
                 self.hub.strike(slot.link, "replay", self.spec.id, "unexpected precommit")
                 return
             slot.status = "precommitted"
+            slot.acked = slot.precommitted = True
             slot.digest = msg.digest.lower().removeprefix("0x")
             slot.deadline = slot.assigned_at + sess.precommit_timeout_s + sess.commit_timeout_s
             self._slot_update(slot, status="precommitted", precommit_at=time.time(), digest=slot.digest)
@@ -455,6 +464,7 @@ class TaskRun:
             sl.link.finished += 1
             self.hub.finished_counts[sl.node] = sl.link.finished
         self.final = outcome
+        self._score(set(outcome.consensus), none_mode=self.mode == "none")
         self._event("ended", None, verdict=outcome.verdict)
         await self.store.write(self._record(outcome, "ended"))
 
@@ -476,8 +486,37 @@ class TaskRun:
             )
         )
 
+    def _score(self, consensus: set[str], *, none_mode: bool = False) -> None:
+        """Tell reputation how each miner's slot ended (once, when the task ends)."""
+        if self.reputation is None:
+            return
+        for sl in self.slots.values():
+            if sl.status in PENDING:
+                continue  # cancelled by the router, not the miner's doing
+            c = sl.commit
+            bad = sl.reason in ("bad_reveal", "stream_mismatch")
+            timeout = (sl.reason or "").startswith("timeout")
+            agree = sl.node in consensus
+            delta = Counters(
+                assigned=1,
+                acked=int(sl.acked or c is not None),
+                precommitted_on_time=int(sl.precommitted or (self.immediate and c is not None)),
+                committed=int(c is not None or bad),
+                valid_reveals=int(c is not None),
+                in_consensus=int(c is not None and agree and not none_mode),
+                dissents=int(c is not None and not agree and not none_mode),
+                timeouts=int(timeout),
+                bad_reveals=int(bad),
+                tokens=c.usage.completion_tokens if c else 0,
+                gen_ms=c.elapsed_ms if c else 0,
+                ttft_ms_total=int((sl.first_delta_at - sl.assigned_at) * 1000) if c and sl.first_delta_at else 0,
+                ttft_samples=int(bool(c and sl.first_delta_at)),
+            )
+            self.reputation.record(sl.node, delta, c is not None and (agree or none_mode), task_id=self.spec.id)
+
     async def _fail(self, exc: HivemeshError) -> None:
         log.warning("task failed task_id=%s reason=%s", self.spec.id, exc.message)
+        self._score(set())
         self._event("failed", None, reason=exc.message)
         try:
             await self.store.write(

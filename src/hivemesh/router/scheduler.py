@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from hivemesh.errors import NoMinerAvailable
 from hivemesh.router.domain import TaskSpec
-from hivemesh.router.hub import MinerHub
+from hivemesh.router.hub import MinerHub, MinerLink
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,14 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
 
+    def eligible(self, spec: TaskSpec) -> list[MinerLink]:
+        serving = self.hub.serving(spec.model, spec.session.sla, network=spec.network)
+        if spec.target is not None:
+            serving = [ln for ln in serving if ln.node == spec.target]
+        return serving
+
     def ready(self, spec: TaskSpec) -> bool:
-        serving = self.hub.serving(spec.model)
+        serving = self.eligible(spec)
         if not serving:
             return False
         need = min(spec.session.redundancy, len(serving))
@@ -65,8 +71,15 @@ class Scheduler:
 
     async def enqueue(self, ticket: Ticket) -> None:
         """Queue a task and return once it has started (or raise NoMinerAvailable)."""
-        if not self.hub.serving(ticket.spec.model):
-            raise NoMinerAvailable(f"no connected miner serves {ticket.spec.model!r}", retry_after=5)
+        spec = ticket.spec
+        if not self.hub.serving(spec.model):
+            raise NoMinerAvailable(f"no connected miner serves {spec.model!r}", retry_after=5)
+        if not self.eligible(spec):
+            if spec.target is not None:
+                raise NoMinerAvailable(f"node {spec.target} is not connected or does not serve {spec.model!r}")
+            rep = self.hub.reputation
+            why = rep.explain_sla(spec.session.sla) if rep is not None else "no eligible miner"
+            raise NoMinerAvailable(f"no miner can serve this session now: {why}", retry_after=10)
         sid = ticket.spec.session.id
         if not self.queues.get(sid) and self.ready(ticket.spec):  # fast path: nothing ahead, capacity free
             ticket.start()

@@ -22,6 +22,7 @@ from hivemesh.identity import Identity
 from hivemesh.protocol.wire import ChatMessage, SamplingParams
 from hivemesh.router.domain import TaskSpec
 from hivemesh.router.hub import MinerHub
+from hivemesh.router.reputation import Reputation
 from hivemesh.router.runner import StreamEnd, TaskRun
 from hivemesh.router.scheduler import Scheduler, Ticket
 from hivemesh.router.sessions import Sessions
@@ -40,12 +41,15 @@ class RouterService:
         self.identity = identity
         self.embedder = embedder
         self.hub = MinerHub(identity, store)
+        self.reputation = Reputation(store)
+        self.hub.reputation = self.reputation
         self.scheduler = Scheduler(self.hub, queue_timeout_s=config.queue_timeout_s)
         self.sessions = Sessions(store, config.defaults)
         self._bg: set[asyncio.Task[Any]] = set()
         self.started_at = time.time()
 
     async def start(self) -> None:
+        await self.reputation.load()
         self.scheduler.start()
         self._spawn(self._recover(), "recover")
 
@@ -58,6 +62,7 @@ class RouterService:
             with contextlib.suppress(BaseException):
                 await t
         await self.hub.close()
+        await self.reputation.close()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         t = asyncio.create_task(coro, name=name)
@@ -84,6 +89,7 @@ class RouterService:
             store=self.store,
             identity=self.identity,
             embed=self._embed if self.embedder is not None else None,
+            reputation=self.reputation,
             stream=queue,
         )
 

@@ -129,10 +129,53 @@ node_events = Table(
 )
 
 
+node_stats = Table(
+    "node_stats",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),  # unix time of the hour's start
+    *(
+        Column(name, BigInteger, nullable=False, default=0)
+        for name in (
+            "assigned",
+            "acked",
+            "precommitted_on_time",
+            "committed",
+            "valid_reveals",
+            "in_consensus",
+            "dissents",
+            "timeouts",
+            "bad_reveals",
+            "tokens",
+            "gen_ms",
+            "ttft_ms_total",
+            "ttft_samples",
+        )
+    ),
+)
+
+node_levels = Table(
+    "node_levels",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("level", Integer, nullable=False),
+    Column("streak", Integer, nullable=False),
+    Column("successes", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("quarantined", Boolean, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+
 def _m001_initial(conn: Connection) -> None:
     metadata.create_all(conn, tables=[sessions, tasks, task_events, assignments, nodes, node_events])
 
 
+def _m002_reputation(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[node_stats, node_levels])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
+    ("002_reputation", _m002_reputation),
 ]

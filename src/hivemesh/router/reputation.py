@@ -1,0 +1,215 @@
+"""Node reputation, kept by the router: hourly counters, scores over a rolling window, levels, quarantine.
+
+Every finished task slot becomes one ``Counters`` delta for its node's current hour bucket (``slot_counters``) and
+one success or failure for its level (``core.reputation.apply_outcome``). The formulas live in
+``hivemesh.core.reputation``; this module keeps the state, persists it (flushed every second through the store's
+group-commit writer, and on close) and answers the scheduler's questions: a node's total score (its weight in the
+shuffle), whether it is quarantined, whether it fits a session's SLA tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+
+from hivemesh.core.reputation import (
+    SLA_TIERS,
+    WEIGHTS,
+    Counters,
+    LevelState,
+    Scores,
+    apply_outcome,
+    is_quarantined,
+    scores,
+    sum_window,
+)
+from hivemesh.store import schema as s
+from hivemesh.store.db import Store
+
+log = logging.getLogger(__name__)
+
+HOUR = 3600
+COUNTER_FIELDS = tuple(f.name for f in fields(Counters))
+
+FORMULA = (
+    "ratio(hits, trials) = (hits + 5 * 0.5) / (trials + 5)  (a new node starts at 0.5)\n"
+    "precommit = ratio(precommitted_on_time, assigned)\n"
+    "commit = ratio(valid_reveals, max(precommitted_on_time, committed))\n"
+    "agreement = ratio(in_consensus, in_consensus + dissents)\n"
+    f"total = ({WEIGHTS.precommit} * precommit + {WEIGHTS.commit} * commit + {WEIGHTS.agreement} * agreement)"
+    f" * {WEIGHTS.bad_reveal_factor} ^ bad_reveals"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Floors:
+    """Below either line (with enough samples in the window) a node is quarantined from user sessions."""
+
+    min_total: float = 0.50
+    min_precommit: float = 0.60
+    min_samples: int = 5
+
+
+def bucket_of(ts: float) -> int:
+    return int(ts // HOUR) * HOUR
+
+
+class Reputation:
+    def __init__(self, store: Store, *, window_s: float = 24 * HOUR, floors: Floors = Floors()) -> None:
+        self.store = store
+        self.window_s = window_s
+        self.floors = floors
+        self.buckets: dict[str, dict[int, Counters]] = defaultdict(dict)
+        self.levels: dict[str, LevelState] = {}
+        self.quarantine: dict[str, bool] = {}
+        self._dirty_buckets: set[tuple[str, int]] = set()
+        self._dirty_levels: set[str] = set()
+        self._cache: dict[str, tuple[Counters, Scores]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def load(self) -> None:
+        since = bucket_of(time.time() - self.window_s)
+        for r in await self.store.fetch_all(select(s.node_stats).where(s.node_stats.c.bucket >= since)):
+            self.buckets[r["node"]][r["bucket"]] = Counters(**{f: r[f] for f in COUNTER_FIELDS})
+        for r in await self.store.fetch_all(select(s.node_levels)):
+            self.levels[r["node"]] = LevelState(r["level"], r["streak"], r["successes"], r["attempts"])
+            self.quarantine[r["node"]] = r["quarantined"]
+        self._flusher = asyncio.create_task(self._flush_loop(), name="reputation-flush")
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await self.flush()
+
+    async def flush(self) -> None:
+        stmts: list[Any] = []
+        for node, b in sorted(self._dirty_buckets):
+            c = self.buckets[node][b]
+            stmts.append(delete(s.node_stats).where(s.node_stats.c.node == node, s.node_stats.c.bucket == b))
+            stmts.append(insert(s.node_stats).values(node=node, bucket=b, **asdict(c)))
+        for node in sorted(self._dirty_levels):
+            lv = self.levels.get(node, LevelState())
+            stmts.append(delete(s.node_levels).where(s.node_levels.c.node == node))
+            stmts.append(
+                insert(s.node_levels).values(
+                    node=node,
+                    level=lv.level,
+                    streak=lv.streak,
+                    successes=lv.successes,
+                    attempts=lv.attempts,
+                    quarantined=self.quarantine.get(node, False),
+                    updated_at=time.time(),
+                )
+            )
+        self._dirty_buckets.clear()
+        self._dirty_levels.clear()
+        if stmts:
+            await self.store.write(*stmts)
+
+    # ------------------------------------------------------------------ recording
+
+    def record(self, node: str, delta: Counters, success: bool | None, *, task_id: str | None = None) -> None:
+        """One finished slot: add its counters to the node's hour bucket and move its level."""
+        b = bucket_of(time.time())
+        per = self.buckets[node]
+        per[b] = per.get(b, Counters()) + delta
+        self._dirty_buckets.add((node, b))
+        self._cache.pop(node, None)
+        if success is not None:
+            before = self.levels.get(node, LevelState())
+            after = apply_outcome(before, success)
+            self.levels[node] = after
+            self._dirty_levels.add(node)
+            if after.level != before.level:
+                kind = "level_up" if after.level > before.level else "level_down"
+                self.store.node_event(node, kind, task_id, f"level {before.level} -> {after.level}")
+        was = self.quarantine.get(node, False)
+        now = self._quarantined_now(node)
+        if now != was:
+            self.quarantine[node] = now
+            self._dirty_levels.add(node)
+            sc = self.scores(node)
+            why = f"total={sc.total:.3f} precommit={sc.precommit:.3f}"
+            self.store.node_event(node, "quarantined" if now else "released", task_id, why)
+            log.warning("node %s node=%s %s", "quarantined" if now else "released", node, why)
+
+    # ------------------------------------------------------------------ questions
+
+    def window(self, node: str) -> Counters:
+        since = bucket_of(time.time() - self.window_s)
+        return sum_window(c for b, c in self.buckets.get(node, {}).items() if b >= since)
+
+    def scores(self, node: str) -> Scores:
+        hit = self._cache.get(node)
+        if hit is None:
+            c = self.window(node)
+            hit = self._cache[node] = (c, scores(c))
+        return hit[1]
+
+    def total(self, node: str) -> float:
+        return self.scores(node).total
+
+    def level(self, node: str) -> int:
+        return self.levels.get(node, LevelState()).level
+
+    def _quarantined_now(self, node: str) -> bool:
+        f = self.floors
+        c = self.window(node)
+        return is_quarantined(
+            self.scores(node), min_total=f.min_total, min_precommit=f.min_precommit, min_samples=f.min_samples, assigned=c.assigned
+        )
+
+    def is_quarantined(self, node: str) -> bool:
+        return self.quarantine.get(node, False)
+
+    def fits(self, node: str, sla: str) -> bool:
+        min_level, min_tps = SLA_TIERS.get(sla, (0, 0.0))
+        return self.level(node) >= min_level and (min_tps == 0 or self.scores(node).tokens_per_s >= min_tps)
+
+    def explain_sla(self, sla: str) -> str:
+        min_level, min_tps = SLA_TIERS.get(sla, (0, 0.0))
+        return f"the {sla!r} SLA tier needs a miner at level >= {min_level} with >= {min_tps:g} tokens/s, not quarantined"
+
+    def heatmap(self, hours: int = 24) -> dict[str, list[dict[str, Any]]]:
+        """Total score per node per hour bucket (each hour scored on its own counters)."""
+        since = bucket_of(time.time()) - (hours - 1) * HOUR
+        out: dict[str, list[dict[str, Any]]] = {}
+        for node, per in self.buckets.items():
+            out[node] = [
+                {"hour": b, "total": round(scores(c).total, 4), "assigned": c.assigned}
+                for b, c in sorted(per.items())
+                if b >= since
+            ]
+        return out
+
+    def report(self, node: str) -> dict[str, Any]:
+        c = self.window(node)
+        sc = self.scores(node)
+        lv = self.levels.get(node, LevelState())
+        return {
+            "node": node,
+            "scores": asdict(sc),
+            "counters": asdict(c),
+            "level": lv.level,
+            "streak": lv.streak,
+            "quarantined": self.is_quarantined(node),
+            "window_s": self.window_s,
+            "floors": asdict(self.floors),
+            "formula": FORMULA,
+        }
