@@ -109,6 +109,8 @@ class TaskRun:
         self.immediate = False
         self.phase = 0
         self.final: Outcome | None = None  # the outcome as recorded once every miner is classified
+        self.error: HivemeshError | None = None  # why the task failed, if it did
+        self.started = time.monotonic()
 
     # ------------------------------------------------------------------ hub callbacks
 
@@ -515,6 +517,7 @@ class TaskRun:
             self.reputation.record(sl.node, delta, c is not None and (agree or none_mode), task_id=self.spec.id)
 
     async def _fail(self, exc: HivemeshError) -> None:
+        self.error = exc
         log.warning("task failed task_id=%s reason=%s", self.spec.id, exc.message)
         self._score(set())
         self._event("failed", None, reason=exc.message)

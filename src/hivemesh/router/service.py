@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,8 @@ class RouterService:
         self.sessions = Sessions(store, config.defaults)
         self._bg: set[asyncio.Task[Any]] = set()
         self.started_at = time.time()
+        # called with each TaskRun once it has ended (run.final set) or failed: metrics, dashboards, billing
+        self.observers: list[Callable[[TaskRun], None]] = []
 
     async def start(self) -> None:
         await self.reputation.load()
@@ -93,9 +96,19 @@ class RouterService:
             stream=queue,
         )
 
+        async def drive() -> None:
+            try:
+                await run.run()
+            finally:
+                for observe in self.observers:
+                    try:
+                        observe(run)
+                    except Exception:
+                        log.exception("task observer failed task_id=%s", spec.id)
+
         def start() -> None:
             run.begin()
-            self._spawn(run.run(), f"task-{spec.id}")
+            self._spawn(drive(), f"task-{spec.id}")
 
         try:
             await self.scheduler.enqueue(Ticket(spec, start))
