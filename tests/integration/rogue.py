@@ -4,6 +4,7 @@ misbehaves the way its ``behaviour`` says, so the router's defences can be teste
 Behaviours (what it does with each Assign):
 
 * ``garbage``  answers with non-JSON frames, malformed messages and an out-of-order Delta; never acks.
+* ``flood``    sends ``FLOOD`` non-JSON frames as soon as it joins (and does not reconnect if ``reconnect=False``).
 * ``liar``     precommits the digest of one output and reveals another (the honest one).
 * ``copycat``  precommits at once (it has nothing to copy), then reveals the answer handed to it out of band
   (``hand()``) with a fresh salt.
@@ -14,6 +15,7 @@ Behaviours (what it does with each Assign):
 * ``silent``   acks, then says nothing more.
 * ``dropout``  streams the honest prefix at once (it runs the deterministic instant engine itself), then hangs up
   mid-stream; it reconnects afterwards.
+* ``late_dropout`` streams the same prefix, precommits the honest text, and hangs up when asked to reveal.
 * ``wrong``    follows the protocol perfectly, but its output is junk.
 * ``honest``   serves like the real miner (a control).
 
@@ -42,11 +44,22 @@ from hivemesh.miner.agent import ws_url
 from hivemesh.protocol import wire
 
 Behaviour = Literal[
-    "garbage", "liar", "copycat", "replayer", "forger", "silent", "dropout", "wrong", "honest"
+    "garbage",
+    "flood",
+    "liar",
+    "copycat",
+    "replayer",
+    "forger",
+    "silent",
+    "dropout",
+    "late_dropout",
+    "wrong",
+    "honest",
 ]
 
 _S = TypeVar("_S", wire.Hello, wire.Ack, wire.Precommit, wire.Commit)
 
+FLOOD = 50  # garbage frames the ``flood`` behaviour sends right after it joins
 JUNK = "definitely not what the model said"
 
 
@@ -98,6 +111,7 @@ class Rogue:
         identity: Identity | None = None,
         model: str = "instant-echo",
         victim: str | None = None,
+        reconnect: bool = True,
     ) -> None:
         self.url = ws_url(router_url)
         self.behaviour = behaviour
@@ -108,7 +122,10 @@ class Rogue:
         self.ws: ClientConnection | None = None
         self.nonce = ""
         self.connections = 0  # Welcomes received so far
-        self.joined = asyncio.Event()
+        self.reconnect = reconnect
+        self.closes: list[
+            tuple[int | None, str | None]
+        ] = []  # (code, reason) the router closed each one with
         self.frames: list[str] = []
         self.assigned: dict[str, wire.Assign] = {}
         self.seen_before_precommit: dict[str, list[str]] = {}
@@ -117,6 +134,7 @@ class Rogue:
         self.oob: dict[str, asyncio.Future[str]] = {}  # copycat: answers handed over out of band
         self.sent: list[tuple[str, str]] = []  # (task_id, what) for every misdeed, in order
         self._welcome = asyncio.Event()  # set (and replaced) at every Welcome
+        self._closed = asyncio.Event()  # set (and replaced) whenever a connection ends
 
     @property
     def address(self) -> str:
@@ -125,7 +143,7 @@ class Rogue:
     # ------------------------------------------------------------------ control, from the test
 
     async def run(self) -> None:
-        """Connect, and reconnect whenever the connection ends, until cancelled."""
+        """Connect, and (unless ``reconnect`` is off) reconnect whenever the connection ends, until cancelled."""
         while True:
             try:
                 async with connect(self.url, max_size=wire.MAX_FRAME, open_timeout=10) as ws:
@@ -134,8 +152,13 @@ class Rogue:
             except (OSError, TimeoutError, websockets.exceptions.WebSocketException):
                 pass
             finally:
+                if self.ws is not None:
+                    self.closes.append((self.ws.close_code, self.ws.close_reason))
                 self.ws = None
-                self.joined.clear()
+                self._closed.set()
+                self._closed = asyncio.Event()
+            if not self.reconnect:
+                return
             await asyncio.sleep(0)
 
     async def drop(self) -> None:
@@ -150,6 +173,12 @@ class Rogue:
         async with asyncio.timeout(10):
             while self.connections < n:
                 await self._welcome.wait()
+
+    async def wait_closes(self, n: int) -> None:
+        """Until ``n`` of this node's connections have ended (at most 10 s)."""
+        async with asyncio.timeout(10):
+            while len(self.closes) < n:
+                await self._closed.wait()
 
     def hand(self, task_id: str, text: str) -> None:
         """Copycat: give it another miner's answer, after the fact."""
@@ -176,9 +205,11 @@ class Rogue:
         if not isinstance(wire.decode_to_miner(raw), wire.Welcome):
             return
         self.connections += 1
-        self.joined.set()
         self._welcome.set()
         self._welcome = asyncio.Event()
+        if self.behaviour == "flood":
+            for _ in range(FLOOD):
+                await ws.send("this is not json either")
         async for raw in ws:
             self.frames.append(str(raw))
             msg = wire.decode_to_miner(raw)
@@ -242,14 +273,19 @@ class Rogue:
             for frame in garbage_frames(tid, self.address):
                 await ws.send(frame)
                 self.sent.append((tid, "garbage"))
-        elif b == "dropout":
+        elif b in ("dropout", "late_dropout"):
             p = job.honest.pieces
-            for i, text in enumerate(
-                (p[0] + p[1], p[2], p[3])
-            ):  # a distinctive first chunk: who led is visible
+            prefix = (p[0] + p[1], p[2], p[3])  # a distinctive first chunk, so the user can see who led
+            for i, text in enumerate(prefix):
                 await ws.send(wire.encode(wire.Delta(task_id=tid, index=i, text=text)))
-            self.sent.append((tid, "dropout"))
-            await ws.close()
+            if b == "dropout":
+                self.sent.append((tid, "dropout"))
+                await ws.close()
+                return
+            await ws.send(self._ack(tid))
+            await self._send_precommit(
+                ws, job, job.honest.text
+            )  # a true precommit; it hangs up at the reveal
         elif b == "forger":
             assert self.victim is not None
             v, k = self.victim, self.other_key
@@ -260,9 +296,7 @@ class Rogue:
                 self._ack(tid, key=k),  # names me, signed by another key
                 self._precommit(job, job.honest.text, key=k),
                 self._commit(job, job.honest.text, key=k),
-                wire.encode(
-                    wire.Ack(task_id=tid, node=self.address, sig="0x" + "ab" * 65)
-                ),  # not a signature
+                wire.encode(wire.Ack(task_id=tid, node=self.address, sig="0x" + "ab" * 65)),  # no signature
             ]
             for frame in forged:
                 await ws.send(frame)
@@ -284,6 +318,10 @@ class Rogue:
         b = self.behaviour
         tid = job.assign.task_id
         with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            if b == "late_dropout":  # every other miner has finished by now: it dies just before revealing
+                self.sent.append((tid, "dropout"))
+                await ws.close()
+                return
             if b == "liar":
                 await ws.send(self._commit(job, job.honest.text))  # not what the digest was over
             elif b == "copycat":

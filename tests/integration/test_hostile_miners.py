@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ import pytest
 from hivemesh.config import SessionDefaults
 from hivemesh.identity import Identity
 from hivemesh.protocol import wire
+from hivemesh.router.hub import MAX_STRIKES
 
 from ..conftest import API_KEY, Network
 from .rogue import JUNK, Behaviour, Rogue, signed_hello, try_hello
@@ -91,15 +93,30 @@ def settle(net: Network, block: dict[str, Any], timeout: float = 10) -> dict[str
     return r.json()
 
 
-def events(net: Network, node: str, kind: str | None = None) -> list[dict[str, Any]]:
-    return net.lt.run(net.service.store.node_events(node=node, kind=kind, limit=1000))
+# what the hub and the runner record against a misbehaving node (node_events also holds reputation's level and
+# quarantine changes, which are not strikes)
+STRIKES = frozenset(
+    {
+        "garbage",
+        "bad_signature",
+        "unsolicited",
+        "replay",
+        "timeout",
+        "bad_reveal",
+        "stream_mismatch",
+        "dissent",
+    }
+)
+
+
+def events(net: Network, node: str) -> list[dict[str, Any]]:
+    """The strikes recorded against ``node``, oldest first."""
+    rows = net.lt.run(net.service.store.node_events(node=node, limit=1000))
+    return [r for r in reversed(rows) if r["kind"] in STRIKES]
 
 
 def kinds(net: Network, node: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for e in events(net, node):
-        out[e["kind"]] = out.get(e["kind"], 0) + 1
-    return out
+    return dict(Counter(e["kind"] for e in events(net, node)))
 
 
 def slot_of(view: dict[str, Any], node: str) -> dict[str, Any]:
@@ -143,6 +160,20 @@ def test_garbage_frames_are_struck_and_the_router_keeps_serving(network: Network
     # still connected, still counted: nothing it sent took down its connection handler or the router
     assert rogue.address in network.service.hub.links
     assert httpx.get(network.url + "/healthz").json()["status"] == "ok"
+
+
+def test_garbage_flood_is_cut_off_and_the_router_keeps_serving(network: Network) -> None:
+    network.start_router(defaults=session())
+    honest = [network.add_miner(f"h{i}").identity.address for i in range(2)]
+    rogue = add_rogue(network, "flood", reconnect=False)
+    network.lt.run(rogue.wait_closes(1))
+    network.wait_miners(2)
+    assert _miners(network) == set(honest)
+    resp = ask(network)  # k=3 shrinks to the two miners left, which still verify
+    assert resp.model_extra["hivemesh"]["verdict"] == "verified"
+    assert set(resp.model_extra["hivemesh"]["miners"]) == set(honest)
+    assert kinds(network, rogue.address) == {"garbage": MAX_STRIKES}
+    assert rogue.closes == [(4400, "too many protocol violations")]
 
 
 def test_liar_reveal_not_matching_its_precommit_is_rejected(network: Network) -> None:
@@ -290,8 +321,17 @@ def test_silent_miner_is_swapped_for_the_next_node(network: Network) -> None:
     assert [e["kind"] for e in events(network, rogue.address)] == ["timeout"]
 
 
-def test_streaming_leader_drops_out_and_the_stream_still_completes(network: Network) -> None:
-    rogue, honest = hostile(network, "dropout")
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        "dropout",  # hangs up while the others are still streaming
+        "late_dropout",
+    ],
+)
+def test_streaming_leader_drops_out_and_the_stream_still_completes(
+    network: Network, behaviour: Behaviour
+) -> None:
+    rogue, honest = hostile(network, behaviour)
     led = False
     for attempt in range(1, 6):  # until the rogue won the race to lead the stream at least once
         chunks = list(
@@ -300,13 +340,15 @@ def test_streaming_leader_drops_out_and_the_stream_still_completes(network: Netw
             )
         )
         pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-        block = chunks[-1].model_extra["hivemesh"]
+        assert chunks[-1].choices == []
+        block = chunks[-1].model_extra["hivemesh"]  # the verdict rides on the last chunk
         job = rogue.jobs[block["task_id"]]
         assert "".join(pieces) == job.honest.text  # the full honest text, nothing lost or doubled
         assert block["verdict"] == "verified", block
         assert rogue.address not in block["consensus"] and set(block["consensus"]) == set(honest)
         view = settle(network, block)
         assert view["phase"] == "ended" and view["answer"] == job.honest.text
+        assert {m["node"] for m in view["miners"]} == {*honest, rogue.address} and len(view["miners"]) == 3
         m = slot_of(view, rogue.address)
         assert m["status"] == "failed" and m["reason"] == "disconnected"
         assert all(slot_of(view, n)["in_consensus"] for n in honest)

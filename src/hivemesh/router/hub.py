@@ -55,6 +55,7 @@ class MinerLink:
     strikes: int = 0
     finished: int = 0  # tasks completed on this connection's node (for the new-node share)
     closed: bool = False
+    validated: bool = False  # passed a validator's check since this connection's hello (see ``serving``)
 
     @property
     def free(self) -> int:
@@ -81,6 +82,8 @@ class MinerHub:
         self.reputation: Any = None  # router.reputation.Reputation, set by the service
         self.known_models: set[str] = set()
         self.shutting_down = False  # set when the router stops: tasks in flight are left to resume, not failed  # every model a miner has ever served here
+        self.pings: dict[str, tuple[str, asyncio.Future[None]]] = {}  # ping nonce -> (node, resolved by its Pong)
+        self.validation_until = 0.0  # while a validator holds a live lease (unix time): user work needs validated nodes
 
     # ------------------------------------------------------------------ queries used by the scheduler
 
@@ -102,6 +105,8 @@ class MinerHub:
         rep = self.reputation
         if sla is None or rep is None:
             return out
+        gated = not network and time.time() < self.validation_until
+        out = [ln for ln in out if ln.validated or not gated]
         return [ln for ln in out if (network or not rep.is_quarantined(ln.node)) and rep.fits(ln.node, sla)]
 
     def reserve(self, node: str) -> MinerLink | None:
@@ -190,6 +195,7 @@ class MinerHub:
             except (ValidationError, ValueError) as exc:
                 self.strike(link, "garbage", None, _short(exc))
                 if link.strikes >= MAX_STRIKES:
+                    await _close(link.ws, 4400, "too many protocol violations")
                     return
                 continue
             self._route(link, msg)
@@ -199,6 +205,9 @@ class MinerHub:
 
     def _route(self, link: MinerLink, msg: wire.FromMiner) -> None:
         if isinstance(msg, wire.Pong):
+            waiter = self.pings.get(msg.nonce)
+            if waiter is not None and waiter[0] == link.node and not waiter[1].done():
+                waiter[1].set_result(None)
             return
         if isinstance(msg, wire.Hello):
             self.strike(link, "garbage", None, "second hello")
@@ -238,6 +247,11 @@ class MinerHub:
                 run.on_disconnect(link.node)
         await _close(link.ws, 1000, why)
         self._notify()
+
+    async def disconnect(self, node: str, why: str) -> None:
+        """Cut a node's connection (its in-flight work is reassigned); it may dial in again."""
+        if (link := self.links.get(node)) is not None:
+            await self._drop(link, why)
 
     async def close(self) -> None:
         self.shutting_down = True

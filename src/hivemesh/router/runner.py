@@ -492,6 +492,7 @@ class TaskRun:
         """Tell reputation how each miner's slot ended (once, when the task ends)."""
         if self.reputation is None:
             return
+        none_mode = none_mode or self.spec.network  # a validator's task: its verdict comes with the report
         for sl in self.slots.values():
             if sl.status in PENDING:
                 continue  # cancelled by the router, not the miner's doing
@@ -514,7 +515,8 @@ class TaskRun:
                 ttft_ms_total=int((sl.first_delta_at - sl.assigned_at) * 1000) if c and sl.first_delta_at else 0,
                 ttft_samples=int(bool(c and sl.first_delta_at)),
             )
-            self.reputation.record(sl.node, delta, c is not None and (agree or none_mode), task_id=self.spec.id)
+            success = None if self.spec.network else c is not None and (agree or none_mode)
+            self.reputation.record(sl.node, delta, success, task_id=self.spec.id)
 
     async def _fail(self, exc: HivemeshError) -> None:
         self.error = exc
@@ -545,8 +547,11 @@ class TaskRun:
         if self.leader is slot:
             self.leader = None
             for other in self.slots.values():  # hand the stream to a miner that said the same so far
-                if other.status in PENDING and other.text.startswith(self.sent):
+                if other.status in (*PENDING, "committed") and other.text.startswith(self.sent):
                     self.leader = other
+                    if self.stream is not None and not self.answer.done() and len(other.text) > len(self.sent):
+                        self.stream.put_nowait(other.text[len(self.sent) :])  # catch up at once
+                        self.sent = other.text
                     break
 
     def _release(self, slot: Slot) -> None:
