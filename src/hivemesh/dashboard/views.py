@@ -1,0 +1,247 @@
+"""The dashboard's JSON views: plain dicts built from a ``DashboardSource``, one function per page.
+
+The dashboard is public and read-only, so nothing here returns what a user sent or got (prompts, answers, miner
+outputs) or who owns a session: tasks show their PoUW record, verdict, miners and token counts only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import func, select
+
+from hivemesh.dashboard.activity import Activity
+from hivemesh.dashboard.source import DashboardSource, LinkView, Row
+from hivemesh.store import schema as s
+
+HOUR = 3600
+PHASES = ("queued", "assigned", "acked", "precommitted", "committed", "validated", "ended")
+SCORE_KEYS = ("total", "precommit", "commit", "agreement", "tokens_per_s")
+
+
+async def overview(src: DashboardSource, activity: Activity) -> dict[str, Any]:
+    links = list(src.hub.links.values())
+    rep = src.reputation
+    by_phase = await src.store.fetch_all(
+        select(s.tasks.c.phase, func.count().label("n")).group_by(s.tasks.c.phase)
+    )
+    known = await src.store.fetch_all(select(func.count().label("n")).select_from(s.nodes))
+    phases = {r["phase"]: r["n"] for r in by_phase}
+    return {
+        "router": src.identity.address,
+        "uptime_s": round(time.time() - src.started_at, 1),
+        "nodes": {
+            "online": len(links),
+            "quarantined": sum(1 for ln in links if rep.is_quarantined(ln.node)),
+            "known": known[0]["n"] if known else 0,
+        },
+        "capacity": sum(ln.capacity for ln in links),
+        "inflight": sum(ln.inflight for ln in links),
+        "queue_depth": src.scheduler.depth,
+        "tasks_total": sum(phases.values()),
+        "tasks_by_phase": phases,
+        **activity.summary(),
+    }
+
+
+def _hour_axis(hours: int) -> list[int]:
+    now = int(time.time() // HOUR) * HOUR
+    return [now - (hours - 1 - i) * HOUR for i in range(hours)]
+
+
+def _link_json(ln: LinkView) -> dict[str, Any]:
+    return {
+        "models": sorted(ln.models),
+        "capacity": ln.capacity,
+        "inflight": ln.inflight,
+        "hardware": ln.hardware.model_dump(),
+        "version": ln.version,
+        "connected_at": ln.connected_at,
+        "tasks_finished": ln.finished,
+    }
+
+
+def _node_row(src: DashboardSource, node: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    rep = src.reputation.report(node)
+    link = src.hub.links.get(node)
+    return {
+        "node": node,
+        "online": link is not None,
+        "quarantined": rep["quarantined"],
+        "level": rep["level"],
+        "streak": rep["streak"],
+        "assigned": rep["counters"]["assigned"],
+        "scores": {k: round(rep["scores"][k], 4) for k in SCORE_KEYS},
+        "hours": cells,
+        "models": sorted(link.models) if link else [],
+    }
+
+
+async def nodes(src: DashboardSource, hours: int = 24) -> dict[str, Any]:
+    """The heatmap rank table: every node online or seen in the last ``hours``, each with its hourly totals."""
+    axis = _hour_axis(hours)
+    heat = src.reputation.heatmap(hours)
+    seen = await src.store.fetch_all(select(s.nodes.c.address).where(s.nodes.c.last_seen >= axis[0]))
+    names = set(heat) | set(src.hub.links) | {r["address"] for r in seen}
+    rows = [_node_row(src, n, heat.get(n, [])) for n in names]
+    rows.sort(key=lambda r: (-r["scores"]["total"], r["node"]))
+    rep = src.reputation
+    return {
+        "hours": axis,
+        "floors": {
+            "min_total": rep.floors.min_total,
+            "min_precommit": rep.floors.min_precommit,
+            "min_samples": rep.floors.min_samples,
+        },
+        "window_s": rep.window_s,
+        "data": rows,
+    }
+
+
+async def node(src: DashboardSource, address: str, hours: int = 24) -> dict[str, Any] | None:
+    """One node: scores and the counters behind them, level, formula, hourly totals, recent score events."""
+    link = src.hub.links.get(address)
+    known = await src.store.fetch_all(select(s.nodes).where(s.nodes.c.address == address))
+    heat = src.reputation.heatmap(hours).get(address)
+    if link is None and not known and heat is None:
+        return None
+    rep = src.reputation.report(address)
+    events = await src.store.node_events(node=address, limit=50)
+    row: Row = known[0] if known else {}
+    return {
+        "node": address,
+        "online": link is not None,
+        "quarantined": rep["quarantined"],
+        "level": rep["level"],
+        "streak": rep["streak"],
+        "scores": rep["scores"],
+        "counters": rep["counters"],
+        "formula": rep["formula"],
+        "floors": rep["floors"],
+        "window_s": rep["window_s"],
+        "hours": _hour_axis(hours),
+        "heat": heat or [],
+        "first_seen": row.get("first_seen"),
+        "last_seen": row.get("last_seen"),
+        "link": _link_json(link) if link else None,
+        "events": [
+            {"at": e["ts"], "kind": e["kind"], "task_id": e["task_id"], "detail": e["detail"]} for e in events
+        ],
+    }
+
+
+async def sessions(src: DashboardSource, limit: int = 100) -> dict[str, Any]:
+    t = s.tasks
+    counts = (
+        select(t.c.session_id, func.count().label("tasks"), func.max(t.c.created_at).label("last_task_at"))
+        .group_by(t.c.session_id)
+        .subquery()
+    )
+    q = (
+        select(s.sessions, counts.c.tasks, counts.c.last_task_at)
+        .outerjoin(counts, counts.c.session_id == s.sessions.c.id)
+        .order_by(s.sessions.c.created_at.desc())
+        .limit(limit)
+    )
+    rows = await src.store.fetch_all(q)
+    return {
+        "data": [
+            {
+                "id": r["id"],
+                "name": r["name"],
+                "model": r["model"],
+                "redundancy": r["redundancy"],
+                "quorum": r["quorum"],
+                "mode": r["mode"],
+                "sla": r["sla"],
+                "active": r["active"],
+                "default": r["is_default"],
+                "created_at": r["created_at"],
+                "tasks": r["tasks"] or 0,
+                "last_task_at": r["last_task_at"],
+            }
+            for r in rows
+        ]
+    }
+
+
+def _task_summary(r: Row) -> dict[str, Any]:
+    result = r["result"] or {}
+    return {
+        "id": r["id"],
+        "session_id": r["session_id"],
+        "model": r["model"],
+        "kind": r["kind"],
+        "phase": r["phase"],
+        "verdict": r["verdict"],
+        "miners": len(result.get("miners", [])),
+        "prompt_tokens": r["prompt_tokens"],
+        "completion_tokens": r["completion_tokens"],
+        "created_at": r["created_at"],
+        "finished_at": r["finished_at"],
+        "duration_ms": round((r["finished_at"] - r["created_at"]) * 1000) if r["finished_at"] else None,
+        "error": r["error"],
+    }
+
+
+async def tasks(src: DashboardSource, session_id: str | None = None, limit: int = 50) -> dict[str, Any]:
+    t = s.tasks
+    cols = [c for c in t.c if c.name not in ("request", "answer", "candidates")]
+    q = select(*cols).order_by(t.c.created_at.desc()).limit(limit)
+    if session_id:
+        q = q.where(t.c.session_id == session_id)
+    rows = await src.store.fetch_all(q)
+    return {"session_id": session_id, "data": [_task_summary(r) for r in rows]}
+
+
+async def task(src: DashboardSource, task_id: str) -> dict[str, Any] | None:
+    """One task's PoUW record: its phase timeline (every event, relative to creation) and its miners."""
+    row = await src.store.get_task(task_id)
+    if row is None:
+        return None
+    t0 = row["created_at"]
+    events = await src.store.task_events(task_id)
+    slots = await src.store.task_assignments(task_id)
+
+    def rel(ts: float | None) -> float | None:
+        return None if ts is None else round((ts - t0) * 1000, 1)
+
+    result = row["result"] or {}
+    return {
+        **_task_summary(row),
+        "seed": row["seed"],
+        "finish_reason": row["finish_reason"],
+        "phases": PHASES,
+        "verification": {
+            k: result.get(k)
+            for k in ("mode", "agreement", "similarity", "consensus", "dissent", "answered_by")
+        },
+        "timeline": [
+            {
+                "phase": e["phase"],
+                "at_ms": rel(e["ts"]),
+                "node": e["node"],
+                "detail": {k: v for k, v in (e["detail"] or {}).items() if k != "output"},
+            }
+            for e in events
+        ],
+        "miners": [
+            {
+                "node": a["node"],
+                "slot": a["slot"],
+                "status": a["status"],
+                "assigned_ms": rel(a["assigned_at"]),
+                "acked_ms": rel(a["acked_at"]),
+                "precommit_ms": rel(a["precommit_at"]),
+                "commit_ms": rel(a["commit_at"]),
+                "precommit": a["digest"],
+                "in_consensus": a["in_consensus"],
+                "elapsed_ms": a["elapsed_ms"],
+                "ttft_ms": a["ttft_ms"],
+                "completion_tokens": a["completion_tokens"],
+                "reason": a["reason"],
+            }
+            for a in slots
+        ],
+    }
