@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -40,6 +41,17 @@ def free_port() -> int:
 def hivemesh_argv(*args: str) -> list[str]:
     """The ``hivemesh`` CLI of this interpreter's environment (the editable install)."""
     return [sys.executable, "-m", "hivemesh.cli.main", *args]
+
+
+BENCH_KEY = "sk-bench"
+
+
+def router_data_dir(path: Path, key: str = BENCH_KEY) -> Path:
+    """A fresh router data dir holding ``api_keys.txt`` with the sha256 of ``key``: the router's static (admin,
+    unbilled) key, as ``hivemesh up`` makes, so the benchmark needs no ledger account."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "api_keys.txt").write_text(hashlib.sha256(key.encode()).hexdigest() + "\n")
+    return path
 
 
 @dataclass
@@ -90,13 +102,20 @@ class Procs:
         self.stop_all()
         signal.signal(signal.SIGTERM, self._old_term)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> Proc:
         log = self.log_dir / f"{name}.log"
         fh = log.open("wb")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         p = subprocess.Popen(
-            argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
-            cwd=cwd or REPO, start_new_session=True,
+            argv,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            cwd=cwd or REPO,
+            start_new_session=True,
         )
         fh.close()
         proc = Proc(name, p, log)
@@ -153,7 +172,9 @@ def wait_until(
     while time.monotonic() - t0 < timeout:
         for p in procs:
             if not p.alive():
-                raise StartupFailed(f"{p.name} exited with code {p.popen.returncode} while waiting for {what}:\n{p.tail()}")
+                raise StartupFailed(
+                    f"{p.name} exited with code {p.popen.returncode} while waiting for {what}:\n{p.tail()}"
+                )
         try:
             if check():
                 return time.monotonic() - t0
@@ -164,12 +185,45 @@ def wait_until(
     raise StartupFailed(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})\n{tails}")
 
 
-def wait_healthz(host: str, port: int, procs: list[Proc], min_miners: int | None = None, timeout: float = 60.0) -> float:
+def wait_healthz(
+    host: str, port: int, procs: list[Proc], min_miners: int | None = None, timeout: float = 60.0
+) -> float:
     def check() -> bool:
         data = http_get_json(host, port, "/healthz")
         return min_miners is None or int(data.get("miners", 0)) >= min_miners
 
-    return wait_until(f"http://{host}:{port}/healthz" + (f" miners>={min_miners}" if min_miners else ""), check, procs, timeout)
+    return wait_until(
+        f"http://{host}:{port}/healthz" + (f" miners>={min_miners}" if min_miners else ""),
+        check,
+        procs,
+        timeout,
+    )
+
+
+def machine_busy(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy (any process) over ``seconds``, from /proc/stat: run before starting anything, to
+    tell whether the figures were taken on a quiet machine."""
+
+    def snap() -> tuple[int, int]:
+        vals = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = vals[3] + vals[4]
+        return sum(vals[:8]), idle
+
+    t0, i0 = snap()
+    time.sleep(seconds)
+    t1, i1 = snap()
+    return 100.0 * (1 - (i1 - i0) / max(1, t1 - t0))
+
+
+def warn_if_busy(seconds: float = 1.0, limit: float = 10.0) -> float:
+    busy = machine_busy(seconds)
+    la = os.getloadavg()
+    msg = f"machine before start: {busy:.0f}% CPU busy over {seconds:.0f}s, load average {la[0]:.2f} ({os.cpu_count()} CPUs)"
+    if busy > limit:
+        console.print(f"[yellow]{msg}: other processes are using the CPUs; figures will be noisy and low")
+    else:
+        console.print(msg)
+    return busy
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -211,7 +265,9 @@ def ms(x: float, digits: int = 3) -> str:
 # ---------------------------------------------------------------------------------------------- clients
 
 
-def http_request_bytes(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+def http_request_bytes(
+    host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> bytes:
     """One pre-encoded HTTP/1.1 keep-alive POST (sent as-is by the load generator)."""
     lines = [
         f"POST {path} HTTP/1.1",
@@ -227,21 +283,31 @@ def http_request_bytes(host: str, port: int, path: str, body: bytes, headers: di
 
 class SeqClient:
     """A lean keep-alive client for one-request-in-flight latency: the standard library's http.client on
-    one persistent connection, body pre-encoded, headers fixed."""
+    one persistent connection, body pre-encoded, headers fixed. Servers close idle keep-alive connections
+    (uvicorn after 5 s): call ``reconnect`` before a timed block that follows a pause."""
 
     def __init__(self, host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> None:
         self.host, self.port, self.path, self.body = host, port, path, body
         self.headers = {"Content-Type": "application/json", **headers}
         self.conn = http.client.HTTPConnection(host, port, timeout=60)
+        self.reconnect()
+
+    def reconnect(self) -> None:
+        self.conn.close()
         self.conn.connect()
+        assert self.conn.sock is not None
         self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def call(self) -> tuple[int, bytes, float]:
-        """-> (status, body, seconds)."""
+        """-> (status, body, seconds); status 0 when the connection failed (it is then reopened)."""
         t0 = time.perf_counter()
-        self.conn.request("POST", self.path, body=self.body, headers=self.headers)
-        r = self.conn.getresponse()
-        data = r.read()
+        try:
+            self.conn.request("POST", self.path, body=self.body, headers=self.headers)
+            r = self.conn.getresponse()
+            data = r.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.reconnect()
+            return 0, str(exc).encode(), time.perf_counter() - t0
         dt = time.perf_counter() - t0
         return r.status, data, dt
 
@@ -312,7 +378,9 @@ async def load_async(
             try:
                 if writer is None:
                     reader, writer = await asyncio.open_connection(host, port)
-                    writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    writer.transport.get_extra_info("socket").setsockopt(
+                        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+                    )
                 assert reader is not None
                 t0 = perf()
                 writer.write(request)
@@ -351,7 +419,9 @@ async def load_async(
     return res
 
 
-def run_load(host: str, port: int, request: bytes, concurrency: int, duration: float, warmup: float) -> LoadResult:
+def run_load(
+    host: str, port: int, request: bytes, concurrency: int, duration: float, warmup: float
+) -> LoadResult:
     try:
         import uvloop
 
@@ -377,8 +447,23 @@ def py_spy(
         yield None
         return
     p = subprocess.Popen(
-        [exe, "record", "-p", str(pid), "-r", str(rate), "-d", str(int(duration + 0.999)), "-f", "raw", "-o", str(out), *(["--gil"] if gil else [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            exe,
+            "record",
+            "-p",
+            str(pid),
+            "-r",
+            str(rate),
+            "-d",
+            str(int(duration + 0.999)),
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            *(["--gil"] if gil else []),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         time.sleep(0.3)  # let it attach
@@ -404,7 +489,9 @@ def _frame_parts(frame: str) -> tuple[str, str, str]:
     return func or frame, path, line
 
 
-def summarize_collapsed(path: Path, top: int = 25) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
+def summarize_collapsed(
+    path: Path, top: int = 25
+) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
     """-> (samples, [(file:line func, self %)], [(file:func, inclusive %)])."""
     self_t: dict[str, int] = defaultdict(int)
     incl: dict[str, int] = defaultdict(int)
@@ -436,8 +523,54 @@ def summarize_collapsed(path: Path, top: int = 25) -> tuple[int, list[tuple[str,
     return total, [(k, 100.0 * v / total) for k, v in s], [(k, 100.0 * v / total) for k, v in i]
 
 
-def profile_tables(name: str, path: Path, top: int = 20, focus: tuple[str, ...] = ("hivemesh/",)) -> list[Table]:
+# (label, path fragments): a sample goes to the first category any frame of its stack matches
+CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "persistence (SQLAlchemy, aiosqlite, hivemesh/store)",
+        ("sqlalchemy/", "aiosqlite/", "hivemesh/store/", "sqlite3/"),
+    ),
+    ("signatures (sign/recover, keccak, checksum)", ("hivemesh/identity", "coincurve/", "eth_", "Crypto/")),
+    ("websocket frames (websockets, uvicorn ws)", ("websockets/", "uvicorn/protocols/websockets")),
+    ("wire/pydantic models", ("pydantic", "hivemesh/protocol/")),
+    (
+        "HTTP (uvicorn, starlette, OpenAI handlers)",
+        ("uvicorn/", "starlette/", "hivemesh/router/openai_api", "hivemesh/router/app"),
+    ),
+    ("task run / scheduling logic", ("hivemesh/router/",)),
+    ("llama.cpp", ("llama_cpp/",)),
+]
+
+
+def categorize(path: Path) -> tuple[int, list[tuple[str, float]]]:
+    counts: dict[str, int] = defaultdict(int)
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        for label, frags in CATEGORIES:
+            if any(f in stack for f in frags):
+                counts[label] += n
+                break
+        else:
+            counts["other (event loop, stdlib)"] += n
+    if not total:
+        return 0, []
+    return total, [(k, 100.0 * v / total) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])]
+
+
+def profile_tables(
+    name: str, path: Path, top: int = 20, focus: tuple[str, ...] = ("hivemesh/",)
+) -> list[Table]:
     total, selfs, incls = summarize_collapsed(path, top)
+    _, cats = categorize(path)
+    t0 = Table(title=f"{name}: where the CPU goes (py-spy samples holding the GIL, by category)")
+    t0.add_column("%", justify="right")
+    t0.add_column("category (first match in the stack, in this order)")
+    for k, v in cats:
+        t0.add_row(f"{v:.1f}", k)
     t1 = Table(title=f"{name}: hottest lines by self time ({total} samples, py-spy)")
     t1.add_column("self %", justify="right")
     t1.add_column("file:line function")
@@ -451,4 +584,4 @@ def profile_tables(name: str, path: Path, top: int = 20, focus: tuple[str, ...] 
         if any(f in k for f in focus) and shown < top:
             t2.add_row(f"{v:.1f}", k)
             shown += 1
-    return [t1, t2]
+    return [t0, t1, t2]

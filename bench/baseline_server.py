@@ -23,7 +23,11 @@ DEFAULT_BODY = {
     "choices": [
         {
             "index": 0,
-            "message": {"role": "assistant", "content": "hotel india delta alpha delta alpha delta bravo", "refusal": None},
+            "message": {
+                "role": "assistant",
+                "content": "hotel india delta alpha delta alpha delta bravo",
+                "refusal": None,
+            },
             "logprobs": None,
             "finish_reason": "stop",
         }
@@ -37,7 +41,12 @@ def make_app(body: bytes) -> Any:
     post_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     health = orjson.dumps({"status": "ok", "miners": 1})
     get_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(health)).encode())]
-    models = orjson.dumps({"object": "list", "data": [{"id": "instant-echo", "object": "model", "created": 0, "owned_by": "baseline"}]})
+    models = orjson.dumps(
+        {
+            "object": "list",
+            "data": [{"id": "instant-echo", "object": "model", "created": 0, "owned_by": "baseline"}],
+        }
+    )
     models_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(models)).encode())]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -64,7 +73,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--body-file", type=Path, help="the canned response body (default: a small chat.completion)")
+    ap.add_argument(
+        "--body-file", type=Path, help="the canned response body (default: a small chat.completion)"
+    )
     args = ap.parse_args()
     if args.body_file:
         body = args.body_file.read_bytes()

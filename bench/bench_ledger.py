@@ -1,7 +1,7 @@
 """Ledger throughput: settlements per second and reserve/settle latency under N concurrent tasks.
 
 Each task is the router's hot path for one request: ``reserve`` from a session's escrow, then ``settle`` paying
-three of eight miners plus (optionally) a treasury fee and releasing the rest. Runs on SQLite (a temp file) and
+three of ``--miners`` miners plus (optionally) a treasury fee and releasing the rest. Runs on SQLite (a temp file) and
 on PostgreSQL: ``--pg-url`` (a server where this user may CREATE DATABASE), else a throwaway server started
 from Debian's binaries like the test fixture does, else PostgreSQL is skipped.
 
@@ -32,7 +32,6 @@ from hivemesh.ledger import COR, Ledger
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration" / "ledger"))
 from ledger_pgserver import PgServer, PgUnavailable
 
-MINERS = [str(to_checksum_address(f"0x{i:040x}")) for i in range(0x100, 0x108)]
 USER = str(to_checksum_address("0x" + "12" * 20))
 
 
@@ -64,7 +63,10 @@ class Result:
         ]
 
 
-async def run(url: str, backend: str, shards: int, concurrency: int, total: int, fee: bool) -> Result:
+async def run(
+    url: str, backend: str, shards: int, concurrency: int, total: int, fee: bool, miners: int
+) -> Result:
+    payees = [str(to_checksum_address(f"0x{i:040x}")) for i in range(0x100, 0x100 + miners)]
     ledger = await Ledger.open(url, chain_shards=shards, pool_size=max(5, concurrency))
     try:
         await ledger.deposit(USER, 10**9 * COR)
@@ -81,7 +83,7 @@ async def run(url: str, backend: str, shards: int, concurrency: int, total: int,
                 t0 = time.perf_counter()
                 await ledger.reserve(f"s{w}", task, COR)
                 t1 = time.perf_counter()
-                payouts = {m: COR // 10 for m in rng.sample(MINERS, 3)}
+                payouts = {m: COR // 10 for m in rng.sample(payees, 3)}
                 await ledger.settle(task, payouts, treasury_fee=COR // 100 if fee else 0)
                 t2 = time.perf_counter()
                 reserve_ms.append((t1 - t0) * 1000)
@@ -137,13 +139,13 @@ async def main(args: argparse.Namespace) -> None:
                         else:
                             assert pg is not None
                             url = await fresh_pg_database(pg)
-                        r = await run(url, backend, shards, concurrency, args.settlements, fee)
+                        r = await run(url, backend, shards, concurrency, args.settlements, fee, args.miners)
                         results.append(r)
                         print(" | ".join(r.row()), file=sys.stderr, flush=True)
     header = ["backend", "shards", "tasks", "fee", "settle/s", "reserve p50", "p99", "settle p50", "p99"]
     rows = [header] + [r.row() for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    print("latencies in ms; each settlement = reserve + settle (3 payouts, fee, release)")
+    print(f"latencies in ms; each settlement = reserve + settle (3 of {args.miners} miners, fee, release)")
     for n, row in enumerate(rows):
         print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
         if n == 0:
@@ -155,6 +157,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--settlements", type=int, default=1000, help="settlements per configuration")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64], help="concurrent tasks")
     p.add_argument("--shards", type=int, nargs="+", default=[1, 8], help="hash-chain shards")
+    p.add_argument("--miners", type=int, default=32, help="miners to pay (3 per task): fewer = hotter rows")
     p.add_argument("--both-fees", action="store_true", help="also run without a treasury fee (no hot row)")
     p.add_argument("--pg-url", help="postgresql+asyncpg://user@host:port/db of a server to use")
     p.add_argument("--pg-no-fsync", action="store_true", help="throwaway server with fsync off")

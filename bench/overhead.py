@@ -46,9 +46,11 @@ from bench._common import (
     ms,
     profile_tables,
     py_spy,
+    router_data_dir,
     run_load,
     wait_healthz,
     wait_until,
+    warn_if_busy,
 )
 
 HOST = "127.0.0.1"
@@ -80,6 +82,8 @@ class Target:
         self.seq_errors = 0
         self.load: LoadResult | None = None
         self.cpu: dict[str, float] = {}
+        self.watch: list[Proc] = [proc] if proc else []  # server-side processes whose CPU this target costs
+        self.seq_cpu_s = 0.0
 
 
 # ---------------------------------------------------------------------------------------------- litellm
@@ -94,10 +98,14 @@ def litellm_python(arg: str | None) -> tuple[str | None, str]:
         if not Path(py).exists():
             tried.append(f"{py}: not found")
             continue
-        r = subprocess.run([py, "-c", "import litellm.proxy.proxy_cli"], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [py, "-c", "import litellm.proxy.proxy_cli"], capture_output=True, text=True, timeout=120
+        )
         if r.returncode == 0:
             return py, ""
-        tried.append(f"{py}: cannot import litellm.proxy ({(r.stderr.strip().splitlines() or ['?'])[-1][:120]})")
+        tried.append(
+            f"{py}: cannot import litellm.proxy ({(r.stderr.strip().splitlines() or ['?'])[-1][:120]})"
+        )
     try:  # the current interpreter (the main venv normally lacks it: we never install it there)
         import litellm  # noqa: F401
 
@@ -133,7 +141,19 @@ def start_litellm(procs: Procs, py: str, tmp: Path, upstream_port: int, timeout:
     workdir.mkdir()
     proc = procs.start(
         "litellm",
-        [py, "-m", "litellm.proxy.proxy_cli", "--config", str(cfg), "--host", HOST, "--port", str(port), "--num_workers", "1"],
+        [
+            py,
+            "-m",
+            "litellm.proxy.proxy_cli",
+            "--config",
+            str(cfg),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
         env=env,
         cwd=workdir,
     )
@@ -157,7 +177,9 @@ def start_litellm(procs: Procs, py: str, tmp: Path, upstream_port: int, timeout:
 
 def sequential(targets: list[Target], body: bytes, n: int, warmup: int, rounds: int) -> None:
     """One request in flight; targets interleaved in ``rounds`` blocks so drift hits them all alike."""
-    clients = {t.name: SeqClient(HOST, t.port, PATH, body, {"Authorization": "Bearer sk-bench"}) for t in targets}
+    clients = {
+        t.name: SeqClient(HOST, t.port, PATH, body, {"Authorization": "Bearer sk-bench"}) for t in targets
+    }
     try:
         for t in targets:
             for _ in range(warmup):
@@ -166,18 +188,25 @@ def sequential(targets: list[Target], body: bytes, n: int, warmup: int, rounds: 
         for _ in range(rounds):
             for t in targets:
                 c = clients[t.name]
+                c.reconnect()  # the connection idled while the other targets ran
+                for _ in range(5):
+                    c.call()
+                cpu0 = sum(p.cpu_seconds() for p in t.watch)
                 for _ in range(per):
                     status, _, sec = c.call()
                     if status == 200:
                         t.seq.append(sec * 1000.0)
                     else:
                         t.seq_errors += 1
+                t.seq_cpu_s += sum(p.cpu_seconds() for p in t.watch) - cpu0
     finally:
         for c in clients.values():
             c.close()
 
 
-def throughput(t: Target, body: bytes, procs_cpu: list[Proc], concurrency: int, duration: float, warmup: float) -> None:
+def throughput(
+    t: Target, body: bytes, procs_cpu: list[Proc], concurrency: int, duration: float, warmup: float
+) -> None:
     req = http_request_bytes(HOST, t.port, PATH, body, {"Authorization": "Bearer sk-bench"})
     before = {p.name: p.cpu_seconds() for p in procs_cpu}
     wall0 = time.monotonic()
@@ -192,19 +221,43 @@ def throughput(t: Target, body: bytes, procs_cpu: list[Proc], concurrency: int, 
 
 
 def latency_table(targets: list[Target], base: Target) -> Table:
-    tb = Table(title=f"(a) latency, 1 request in flight, keep-alive http.client ({len(base.seq)} requests each, ms)")
-    for col in ("target", "p50", "p90", "p99", "mean", "errors", "added p50 vs baseline"):
+    tb = Table(
+        title=f"(a) latency, 1 request in flight, keep-alive http.client ({len(base.seq)} requests each, ms)"
+    )
+    for col in (
+        "target",
+        "p50",
+        "p90",
+        "p99",
+        "mean",
+        "errors",
+        "added p50 vs baseline",
+        "server CPU ms/req",
+    ):
         tb.add_column(col, justify="left" if col == "target" else "right")
     b = Summary.of(base.seq)
     for t in targets:
         s = Summary.of(t.seq)
         added = "-" if t is base else f"{s.p50 - b.p50:+.3f}"
-        tb.add_row(t.name, ms(s.p50), ms(s.p90), ms(s.p99), ms(s.mean), str(t.seq_errors), added)
+        cpu = t.seq_cpu_s * 1000 / max(1, len(t.seq) + t.seq_errors)
+        who = "+".join(p.name for p in t.watch)
+        tb.add_row(
+            t.name,
+            ms(s.p50),
+            ms(s.p90),
+            ms(s.p99),
+            ms(s.mean),
+            str(t.seq_errors),
+            added,
+            f"{cpu:.2f} ({who})",
+        )
     return tb
 
 
 def load_table(targets: list[Target], concurrency: int, duration: float) -> Table:
-    tb = Table(title=f"(b) throughput, closed loop, {concurrency} connections, {duration:.0f}s (latency in ms)")
+    tb = Table(
+        title=f"(b) throughput, closed loop, {concurrency} connections, {duration:.0f}s (latency in ms)"
+    )
     for col in ("target", "req/s", "ok", "errors", "p50", "p90", "p99", "max", "CPU % by process"):
         tb.add_column(col, justify="left" if col in ("target", "CPU % by process") else "right")
     for t in targets:
@@ -212,7 +265,17 @@ def load_table(targets: list[Target], concurrency: int, duration: float) -> Tabl
             continue
         s = Summary.of(t.load.latencies_ms)
         cpu = ", ".join(f"{k} {v:.0f}" for k, v in t.cpu.items())
-        tb.add_row(t.name, f"{t.load.rps:.0f}", str(t.load.ok), str(t.load.errors), ms(s.p50, 2), ms(s.p90, 2), ms(s.p99, 2), ms(s.max, 1), cpu)
+        tb.add_row(
+            t.name,
+            f"{t.load.rps:.0f}",
+            str(t.load.ok),
+            str(t.load.errors),
+            ms(s.p50, 2),
+            ms(s.p90, 2),
+            ms(s.p99, 2),
+            ms(s.max, 1),
+            cpu,
+        )
     return tb
 
 
@@ -237,17 +300,30 @@ def main() -> int:
     ap.add_argument("--duration", "-d", type=float, default=10.0, help="measured seconds for (b)")
     ap.add_argument("--load-warmup", type=float, default=2.0, help="unmeasured seconds before (b)")
     ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--litellm-python", help="python of a venv with 'litellm[proxy]' (default: /tmp/litellm-venv/bin/python)")
+    ap.add_argument(
+        "--litellm-python",
+        help="python of a venv with 'litellm[proxy]' (default: /tmp/litellm-venv/bin/python)",
+    )
     ap.add_argument("--no-litellm", action="store_true", help="skip (c)")
-    ap.add_argument("--profile", action="store_true", help="after the measurements, py-spy the router (and miner) under load")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the measurements, py-spy the router (and miner) under load",
+    )
     ap.add_argument("--profile-out", type=Path, help="keep py-spy's collapsed stacks here")
     ap.add_argument("--router-log-level", default="info")
     ap.add_argument("--json", type=Path, help="write the figures to this file")
     args = ap.parse_args()
 
     body = request_body(args.max_tokens)
-    results: dict[str, Any] = {"date": dt.datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-                               "python": platform.python_version(), "args": {k: str(v) for k, v in vars(args).items()}}
+    busy = warn_if_busy()
+    results: dict[str, Any] = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine_busy_before_pct": busy,
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
     litellm_skip = "--no-litellm" if args.no_litellm else ""
     py = None
     if not args.no_litellm:
@@ -258,14 +334,44 @@ def main() -> int:
         try:
             rport = free_port()
             t0 = time.monotonic()
-            router = procs.start("router", hivemesh_argv(
-                "router", "--host", HOST, "--port", str(rport), "--data-dir", str(tmp / "router"),
-                "-k", "1", "-m", "1", "--mode", "none", "--no-semantic", "--log-level", args.router_log_level))
+            router = procs.start(
+                "router",
+                hivemesh_argv(
+                    "router",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(rport),
+                    "--data-dir",
+                    str(router_data_dir(tmp / "router")),
+                    "-k",
+                    "1",
+                    "-m",
+                    "1",
+                    "--mode",
+                    "none",
+                    "--no-semantic",
+                    "--log-level",
+                    args.router_log_level,
+                ),
+            )
             wait_healthz(HOST, rport, [router])
-            miner = procs.start("miner", hivemesh_argv(
-                "miner", "--router", f"http://{HOST}:{rport}", "--engine", "instant", "--data-dir", str(tmp / "miner")))
+            miner = procs.start(
+                "miner",
+                hivemesh_argv(
+                    "miner",
+                    "--router",
+                    f"http://{HOST}:{rport}",
+                    "--engine",
+                    "instant",
+                    "--data-dir",
+                    str(tmp / "miner"),
+                ),
+            )
             wait_healthz(HOST, rport, [router, miner], min_miners=1)
-            console.print(f"router + instant miner ready in {time.monotonic() - t0:.1f}s (router pid {router.pid}, miner pid {miner.pid})")
+            console.print(
+                f"router + instant miner ready in {time.monotonic() - t0:.1f}s (router pid {router.pid}, miner pid {miner.pid})"
+            )
 
             # capture the router's real answer: the baseline serves the same bytes
             c = SeqClient(HOST, rport, PATH, body, {"Authorization": "Bearer sk-bench"})
@@ -275,13 +381,26 @@ def main() -> int:
                 raise StartupFailed(f"router answered HTTP {status}: {sample[:300]!r}")
             (tmp / "canned.json").write_bytes(sample)
             bport = free_port()
-            baseline = procs.start("baseline", [sys.executable, "-m", "bench.baseline_server", "--host", HOST,
-                                                "--port", str(bport), "--body-file", str(tmp / "canned.json")])
+            baseline = procs.start(
+                "baseline",
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.baseline_server",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(bport),
+                    "--body-file",
+                    str(tmp / "canned.json"),
+                ],
+            )
             wait_healthz(HOST, bport, [baseline])
             console.print(f"baseline ready (pid {baseline.pid}), canned body {len(sample)} bytes")
 
             base = Target("baseline (bare ASGI)", bport, baseline, "uvicorn+httptools+uvloop, no app logic")
             hm = Target("hivemesh (router+miner)", rport, router, "k=1, mode none, no semantic")
+            hm.watch = [router, miner]
             targets = [base, hm]
             lite: Target | None = None
             if py:
@@ -294,22 +413,26 @@ def main() -> int:
                     c.close()
                     if status != 200:
                         raise StartupFailed(f"litellm answered HTTP {status}: {lsample[:300]!r}")
-                    console.print(f"litellm ready in {time.monotonic() - t1:.1f}s (pid {lite.proc.pid if lite.proc else '?'}), body {len(lsample)} bytes")
+                    lite.watch = [p for p in (lite.proc, baseline) if p]
+                    console.print(
+                        f"litellm ready in {time.monotonic() - t1:.1f}s (pid {lite.proc.pid if lite.proc else '?'}), body {len(lsample)} bytes"
+                    )
                     targets.append(lite)
                 except StartupFailed as exc:
                     litellm_skip = f"litellm failed to start: {str(exc)[:500]}"
                     lite = None
 
             # (a)
-            console.print(f"(a) {args.requests} sequential requests per target, interleaved in {args.rounds} rounds ...")
+            console.print(
+                f"(a) {args.requests} sequential requests per target, interleaved in {args.rounds} rounds ..."
+            )
             sequential(targets, body, args.requests, args.warmup_requests, args.rounds)
             # (b)
             for t in targets:
-                console.print(f"(b) {t.name}: {args.concurrency} connections for {args.load_warmup:.0f}+{args.duration:.0f}s ...")
-                watch = [p for p in (router, miner) if t is hm] + [p for p in (t.proc,) if t is not hm and p]
-                if t is lite:
-                    watch.append(baseline)
-                throughput(t, body, watch, args.concurrency, args.duration, args.load_warmup)
+                console.print(
+                    f"(b) {t.name}: {args.concurrency} connections for {args.load_warmup:.0f}+{args.duration:.0f}s ..."
+                )
+                throughput(t, body, t.watch, args.concurrency, args.duration, args.load_warmup)
             for p in procs.procs:
                 if not p.alive():
                     console.print(f"[red]{p.name} died during the run:\n{p.tail()}")
@@ -324,6 +447,12 @@ def main() -> int:
             for t in targets:
                 if t.load and t.load.error_samples:
                     console.print(f"[yellow]{t.name} error samples: {t.load.error_samples}")
+                if t.seq_errors or (t.load and t.load.errors):
+                    for p in [t.proc] + ([miner] if t is hm else []):
+                        if p is not None:
+                            console.print(
+                                f"[yellow]--- last lines of {p.name}'s log:\n{p.tail(15)}", markup=False
+                            )
 
             b, h = Summary.of(base.seq), Summary.of(hm.seq)
             added = h.p50 - b.p50
@@ -331,10 +460,18 @@ def main() -> int:
             verdict = Table(title="targets")
             for col in ("metric", "measured", "target", "met"):
                 verdict.add_column(col, justify="left" if col == "metric" else "right")
-            verdict.add_row("router added latency p50 (miner hop, signatures, SQLite writes included)",
-                            f"{added:.3f} ms", f"≤ {LATENCY_TARGET_MS:.0f} ms", "yes" if added <= LATENCY_TARGET_MS else "NO")
-            verdict.add_row(f"router throughput, C={args.concurrency}, load generator on the same 2 cores",
-                            f"{rps:.0f} req/s", f"≥ {RPS_TARGET:.0f} req/s", "yes" if rps >= RPS_TARGET else "NO")
+            verdict.add_row(
+                "router added latency p50 (miner hop, signatures, SQLite writes included)",
+                f"{added:.3f} ms",
+                f"≤ {LATENCY_TARGET_MS:.0f} ms",
+                "yes" if added <= LATENCY_TARGET_MS else "NO",
+            )
+            verdict.add_row(
+                f"router throughput, C={args.concurrency}, load generator on the same 2 cores",
+                f"{rps:.0f} req/s",
+                f"≥ {RPS_TARGET:.0f} req/s",
+                "yes" if rps >= RPS_TARGET else "NO",
+            )
             console.print(verdict)
 
             peer: dict[str, Any] = {}
@@ -344,34 +481,63 @@ def main() -> int:
                 pt = Table(title="(c) hivemesh vs LiteLLM proxy (same baseline upstream / client)")
                 for col in ("metric", "hivemesh", "litellm", "ratio"):
                     pt.add_column(col, justify="left" if col == "metric" else "right")
-                pt.add_row("added latency p50 (ms, lower is better)", f"{added:.3f}", f"{ladded:.3f}",
-                           f"hivemesh adds {added / ladded:.2f}x LiteLLM's" if ladded > 0 else "-")
-                pt.add_row("throughput (req/s, higher is better)", f"{hm.load.rps:.0f}", f"{lite.load.rps:.0f}",
-                           f"hivemesh = {hm.load.rps / lite.load.rps:.2f}x LiteLLM" if lite.load.rps else "-")
+                pt.add_row(
+                    "added latency p50 (ms, lower is better)",
+                    f"{added:.3f}",
+                    f"{ladded:.3f}",
+                    f"hivemesh adds {added / ladded:.2f}x LiteLLM's" if ladded > 0 else "-",
+                )
+                pt.add_row(
+                    "throughput (req/s, higher is better)",
+                    f"{hm.load.rps:.0f}",
+                    f"{lite.load.rps:.0f}",
+                    f"hivemesh = {hm.load.rps / lite.load.rps:.2f}x LiteLLM" if lite.load.rps else "-",
+                )
                 console.print(pt)
-                peer = {"litellm_added_p50_ms": ladded, "litellm_rps": lite.load.rps,
-                        "latency_ratio": added / ladded if ladded else None,
-                        "rps_ratio": hm.load.rps / lite.load.rps if lite.load.rps else None}
+                peer = {
+                    "litellm_added_p50_ms": ladded,
+                    "litellm_rps": lite.load.rps,
+                    "latency_ratio": added / ladded if ladded else None,
+                    "rps_ratio": hm.load.rps / lite.load.rps if lite.load.rps else None,
+                }
             else:
                 console.print(f"[yellow](c) LiteLLM peer skipped: {litellm_skip or 'not run'}")
                 peer = {"skipped": litellm_skip}
 
-            results.update({
-                "latency_ms": {t.name: vars(Summary.of(t.seq)) for t in targets},
-                "router_added_p50_ms": added,
-                "throughput": {t.name: {"rps": t.load.rps, "ok": t.load.ok, "errors": t.load.errors,
-                                        "latency_ms": vars(Summary.of(t.load.latencies_ms)), "cpu_pct": t.cpu}
-                               for t in targets if t.load},
-                "peer": peer,
-                "targets_met": {"added_latency": added <= LATENCY_TARGET_MS, "throughput": rps >= RPS_TARGET},
-            })
+            results.update(
+                {
+                    "latency_ms": {t.name: vars(Summary.of(t.seq)) for t in targets},
+                    "server_cpu_ms_per_request_sequential": {
+                        t.name: t.seq_cpu_s * 1000 / max(1, len(t.seq)) for t in targets
+                    },
+                    "router_added_p50_ms": added,
+                    "throughput": {
+                        t.name: {
+                            "rps": t.load.rps,
+                            "ok": t.load.ok,
+                            "errors": t.load.errors,
+                            "latency_ms": vars(Summary.of(t.load.latencies_ms)),
+                            "cpu_pct": t.cpu,
+                        }
+                        for t in targets
+                        if t.load
+                    },
+                    "peer": peer,
+                    "targets_met": {
+                        "added_latency": added <= LATENCY_TARGET_MS,
+                        "throughput": rps >= RPS_TARGET,
+                    },
+                }
+            )
 
             # ------------------------------------------------------------------ profile (separate run: py-spy slows the target)
             if args.profile:
                 out = args.profile_out or tmp / "profile"
                 out.mkdir(parents=True, exist_ok=True)
                 dur = max(5.0, args.duration)
-                console.print(f"profiling router and miner under the same load for {dur:.0f}s (py-spy, separate run) ...")
+                console.print(
+                    f"profiling router and miner under the same load for {dur:.0f}s (py-spy, separate run) ..."
+                )
                 req = http_request_bytes(HOST, rport, PATH, body, {"Authorization": "Bearer sk-bench"})
                 with py_spy(router.pid, out / "router.txt", dur), py_spy(miner.pid, out / "miner.txt", dur):
                     run_load(HOST, rport, req, args.concurrency, dur, 0.0)
@@ -381,7 +547,9 @@ def main() -> int:
                         for tb in profile_tables(name, f):
                             console.print(tb)
                 if args.profile_out:
-                    console.print(f"collapsed stacks kept in {out} (flamegraph.pl / speedscope can read them)")
+                    console.print(
+                        f"collapsed stacks kept in {out} (flamegraph.pl / speedscope can read them)"
+                    )
         except StartupFailed as exc:
             console.print(f"[red]startup failed: {exc}")
             return 2

@@ -31,6 +31,30 @@ class SessionDefaults:
     sla: Literal["low", "medium", "high"] = "low"
 
 
+COR = 10**18  # the smallest unit: COR has 18 decimals, like an ERC-20 token
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """Per 1,000 tokens, in the smallest unit (10**-18 COR)."""
+
+    prompt_per_1k: int
+    completion_per_1k: int
+
+    def of(self, prompt_tokens: int, completion_tokens: int) -> int:
+        total = prompt_tokens * self.prompt_per_1k + completion_tokens * self.completion_per_1k
+        return -(-total // 1000)  # ceiling: a task never costs less than its tokens
+
+
+@dataclass(frozen=True, slots=True)
+class BillingConfig:
+    default_price: Price = Price(COR // 100, COR // 50)  # 0.01 COR / 1k prompt tokens, 0.02 COR / 1k completion
+    prices: dict[str, Price] = field(default_factory=dict)  # per model, overrides the default
+    fee_bps: int = 500  # treasury fee: 5% of each charge
+    slash_fraction: float = 0.10  # share of a node's stake taken per proven cheat
+    stake_pools: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 1_000 * COR, 2: 2_000 * COR, 3: 4_000 * COR})
+
+
 @dataclass(frozen=True, slots=True)
 class RouterConfig:
     data_dir: Path  # holds router.db and the router's key
@@ -41,10 +65,17 @@ class RouterConfig:
     defaults: SessionDefaults = field(default_factory=SessionDefaults)
     queue_timeout_s: float = 30.0  # a task waiting for free miners longer than this fails with 503
     semantic: bool = True  # load the embedding model (semantic validation, /v1/embeddings)
+    ledger_url: str | None = None  # default: SQLite file ledger.db in data_dir
+    billing: BillingConfig = field(default_factory=BillingConfig)
+    validators: tuple[str, ...] = ()  # addresses allowed on the network API; empty: validators.txt in data_dir
 
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'router.db'}"
+
+    @property
+    def ledger_db_url(self) -> str:
+        return self.ledger_url or f"sqlite+aiosqlite:///{self.data_dir / 'ledger.db'}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,15 @@ from typing import Any
 import uvicorn
 
 from hivemesh.config import MinerConfig, RouterConfig
+from hivemesh.dashboard import dashboard_routes
 from hivemesh.engines.base import Engine
 from hivemesh.identity import Identity
+from hivemesh.ledger import Ledger, StakePools
 from hivemesh.miner.agent import MinerAgent
 from hivemesh.router.app import build_app
-from hivemesh.router.auth import StaticKeys
+from hivemesh.router.auth import LedgerKeys, StaticKeys
+from hivemesh.router.metrics import install_metrics, metrics_route
+from hivemesh.router.network_api import NetworkApi
 from hivemesh.router.service import RouterService
 from hivemesh.store.db import Store
 
@@ -26,6 +30,16 @@ log = logging.getLogger(__name__)
 
 def read_key_hashes(data_dir: Path) -> tuple[str, ...]:
     path = data_dir / "api_keys.txt"
+    if not path.exists():
+        return ()
+    return tuple(
+        line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
+    )
+
+
+def read_validators(data_dir: Path) -> tuple[str, ...]:
+    """The addresses allowed to act as validators (oracles) on this router: ``validators.txt``, one a line."""
+    path = data_dir / "validators.txt"
     if not path.exists():
         return ()
     return tuple(
@@ -48,15 +62,25 @@ def load_embedder(enabled: bool) -> Any:
 _LOAD = object()
 
 
+async def open_ledger(config: RouterConfig) -> Ledger:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return await Ledger.open(config.ledger_db_url, pools=StakePools(dict(config.billing.stake_pools)))
+
+
 async def build_router(config: RouterConfig, embedder: Any = _LOAD) -> tuple[Any, RouterService, Store]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     identity = Identity.load_or_create(config.data_dir / "router.key")
     store = await Store.open(config.db_url)
     if embedder is _LOAD:
         embedder = await asyncio.to_thread(load_embedder, config.semantic)
-    service = RouterService(config, store, identity, embedder)
-    auth = StaticKeys(config.api_keys or read_key_hashes(config.data_dir))
-    return build_app(service, auth), service, store
+    ledger = await open_ledger(config)
+    service = RouterService(config, store, identity, embedder, ledger=ledger)
+    auth = LedgerKeys(StaticKeys(config.api_keys or read_key_hashes(config.data_dir)), ledger)
+    install_metrics(service)
+    network = NetworkApi(service, config.validators or read_validators(config.data_dir))
+    extra = [*dashboard_routes(service), metrics_route(service), *network.routes()]
+    app = build_app(service, auth, extra_routes=extra)
+    return app, service, store
 
 
 async def serve_router(
@@ -73,6 +97,8 @@ async def serve_router(
         sock.bind((config.host, config.port))
     except OSError as exc:
         await store.close()
+        if service.ledger is not None:
+            await service.ledger.close()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
     port = sock.getsockname()[1]
     server = uvicorn.Server(
@@ -117,6 +143,8 @@ async def serve_router(
         raise
     finally:
         await store.close()
+        if service.ledger is not None:
+            await service.ledger.close()
 
 
 def build_engine(config: MinerConfig) -> Engine:

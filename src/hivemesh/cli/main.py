@@ -124,6 +124,39 @@ def miner(
 
 
 @app.command()
+def validator(
+    router_url: Annotated[str, typer.Option("--router", help="The router's URL, e.g. http://1.2.3.4:8000")],
+    data_dir: DataDir = None,
+    checks: Annotated[
+        str, typer.Option(help="Check set: standard (real models) or basic (any answer; the instant engine).")
+    ] = "standard",
+    ping_every: Annotated[float, typer.Option(help="Seconds between L1 pings of every node.")] = 10.0,
+    l2_every: Annotated[float, typer.Option(help="Seconds between L2 capability rounds.")] = 120.0,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run a validator (oracle): liveness pings, capability tests and canaries, signed with its own key."""
+    from hivemesh.cli.compose import setup_logging
+    from hivemesh.identity import Identity
+    from hivemesh.validator.agent import ValidatorAgent
+    from hivemesh.validator.checks import CHECK_SETS
+    from hivemesh.validator.config import ValidatorConfig
+
+    setup_logging(log_level)
+    if checks not in CHECK_SETS:
+        raise typer.BadParameter(f"checks must be one of {', '.join(CHECK_SETS)}")
+    cfg = ValidatorConfig(checks=CHECK_SETS[checks], ping_every_s=ping_every, l2_every_s=l2_every)
+    identity = Identity.load_or_create((data_dir or default_data_dir() / "validator") / "validator.key")
+
+    def ready() -> None:
+        print(f"validator ready address={identity.address}", flush=True)
+
+    async def serve() -> None:
+        await ValidatorAgent(router_url, identity, cfg).run(ready)
+
+    _run(serve())
+
+
+@app.command()
 def up(
     miners: Annotated[int, typer.Option("--miners", "-n", help="How many miners to start.")] = 3,
     port: Annotated[int, typer.Option(help="Router port.")] = 8000,
@@ -152,6 +185,9 @@ def up(
 
 
 def main() -> None:
+    from hivemesh.cli.money import register
+
+    register(app)
     app()
 
 

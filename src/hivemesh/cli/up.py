@@ -1,6 +1,6 @@
 """``hivemesh up``: a whole local network in one command.
 
-Starts one router and N miners, each its own OS process with its own key and data folder under one data dir,
+Starts one router, N miners and a validator, each its own OS process with its own key and data folder under one data dir,
 shows progress while the router loads and the miners load the model and join, prints ready-to-paste client
 settings, and on Ctrl-C (or if any process dies) stops everything cleanly.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -22,31 +21,24 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from hivemesh.router.auth import key_hash
+from hivemesh.cli.demo import MINER_POOL, miner_dir, prepare_economy
+from hivemesh.identity import Identity
 
 START_TIMEOUT_S = 600.0
 _READY = re.compile(r"router ready url=(\S+)")
+_VALIDATOR_READY = "validator ready"
 
 
-def ensure_api_key(data_dir: Path) -> str:
-    """The network's demo API key: made once, its hash given to the router, the key kept for the user."""
-    key_file = data_dir / "api_key"
-    router_dir = data_dir / "router"
-    router_dir.mkdir(parents=True, exist_ok=True)
-    if key_file.exists():
-        key = key_file.read_text().strip()
-    else:
-        key = "hm-" + secrets.token_urlsafe(30)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
-    hashes = router_dir / "api_keys.txt"
-    h = key_hash(key)
-    existing = hashes.read_text().split() if hashes.exists() else []
-    if h not in existing:
-        with hashes.open("a") as f:
-            f.write(h + "\n")
-    return key
+def ensure_validator(data_dir: Path) -> str:
+    """The network's validator: its key made once, its address allowed on the router (``validators.txt``)."""
+    identity = Identity.load_or_create(data_dir / "validator" / "validator.key")
+    allowed = data_dir / "router" / "validators.txt"
+    allowed.parent.mkdir(parents=True, exist_ok=True)
+    existing = allowed.read_text().split() if allowed.exists() else []
+    if identity.address not in existing:
+        with allowed.open("a") as f:
+            f.write(identity.address + "\n")
+    return identity.address
 
 
 class Network:
@@ -101,7 +93,8 @@ def run_up(
 ) -> int:
     console = Console(stderr=True)
     data_dir = data_dir.expanduser().resolve()
-    key = ensure_api_key(data_dir)
+    key = prepare_economy(data_dir, miners)
+    ensure_validator(data_dir)
     net = Network(data_dir)
     threads = max(1, (os.cpu_count() or 1) // miners)
     k = min(redundancy, miners)
@@ -134,8 +127,8 @@ def run_up(
             progress.update(t_router, completed=1, description=f"router: listening on {url}")
             t_miners = progress.add_task(f"miners: loading the model ({engine}) and joining", total=miners)
             for i in range(miners):
-                args = ["miner", "--router", url, "--data-dir", str(data_dir / "miners" / f"miner-{i}")]
-                args += ["--engine", engine, "--threads", str(threads)]
+                args = ["miner", "--router", url, "--data-dir", str(miner_dir(data_dir, i))]
+                args += ["--engine", engine, "--threads", str(threads), "--pool", str(MINER_POOL)]
                 net.spawn(f"miner-{i}", args)
             joined = 0
             with httpx.Client(base_url=url, timeout=5) as client:
@@ -149,8 +142,20 @@ def run_up(
                     progress.update(t_miners, completed=joined)
                     time.sleep(0.2)
             progress.update(t_miners, description="miners: joined")
+            t_validator = progress.add_task("validator: checking the nodes", total=1)
+            vlog = net.logs / "validator.log"
+            vlog_start = vlog.stat().st_size if vlog.exists() else 0
+            args = ["validator", "--router", url, "--data-dir", str(data_dir / "validator")]
+            net.spawn("validator", args + (["--checks", "basic"] if engine == "instant" else []))
+            while _VALIDATOR_READY not in vlog.read_bytes()[vlog_start:].decode(errors="replace"):
+                if name := net.dead():
+                    raise RuntimeError(f"{name} exited:\n{net.tail(name)}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the validator did not check the nodes in time")
+                time.sleep(0.1)
+            progress.update(t_validator, completed=1, description="validator: nodes checked")
         console.print(
-            f"\n[bold green]hivemesh is up[/]: 1 router, {miners} miners, k={k} m={min(quorum, k)} {mode}"
+            f"\n[bold green]hivemesh is up[/]: 1 router, {miners} miners, 1 validator, k={k} m={min(quorum, k)} {mode}"
         )
         console.print(f"data: {data_dir}   logs: {net.logs}\n")
         print(f"export OPENAI_BASE_URL={url}/v1")

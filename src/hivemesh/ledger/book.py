@@ -5,8 +5,10 @@ A ``Book`` belongs to one transaction. The caller first ``lock``s every account 
 concurrent PostgreSQL transactions from deadlocking:
 
 1. the call's own rows (``sessions``, ``holds``, ``stakes``) -- taken by the operation before ``lock``;
-2. account rows: missing ones inserted (ON CONFLICT DO NOTHING) in sorted order, then all of them
-   ``SELECT ... FOR UPDATE ORDER BY address``;
+2. account rows, ``SELECT ... FOR UPDATE ORDER BY address``; then accounts that do not exist yet are inserted
+   (ON CONFLICT DO NOTHING, in sorted order). A new row is locked by its creator until commit; if another
+   transaction created one first, locking it now could invert the order, so the whole call is rolled back and
+   run again (``RetryTransaction``), when the row exists and is locked in step 2;
 3. chain head rows, ``FOR UPDATE ORDER BY shard``.
 
 Balances are checked here (``InsufficientFunds``, with the numbers) before anything is written, and again by
@@ -21,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, select, update
 
-from hivemesh.errors import InsufficientFunds, LedgerIntegrityError
+from hivemesh.errors import InsufficientFunds, LedgerError, LedgerIntegrityError
 from hivemesh.ledger.accounts import COR, WORLD, EntryKind
 from hivemesh.ledger.chain import EntryRecord, entry_hash, shard_of
 from hivemesh.ledger.db import Database
@@ -33,6 +35,37 @@ def cor(amount: int) -> str:
     whole, frac = divmod(abs(amount), COR)
     digits = f"{frac:018d}".rstrip("0")
     return f"{'-' if amount < 0 else ''}{whole}{'.' + digits if digits else ''} COR"
+
+
+# Statements built once: constructing a Core statement costs more than executing it on the hot path.
+_LOCK_ACCOUNTS = (
+    select(accounts.c.address, accounts.c.balance, accounts.c.earned)
+    .where(accounts.c.address.in_(bindparam("names", expanding=True)))
+    .order_by(accounts.c.address)
+    .with_for_update()
+)
+_UPDATE_ACCOUNT = (
+    update(accounts)
+    .where(accounts.c.address == bindparam("_a"))
+    .values(balance=bindparam("_b", type_=Amount()), earned=bindparam("_e", type_=Amount()))
+)
+_LOCK_HEADS = (
+    select(chain_heads.c.shard, chain_heads.c.seq, chain_heads.c.hash)
+    .where(chain_heads.c.shard.in_(bindparam("shards", expanding=True)))
+    .order_by(chain_heads.c.shard)
+    .with_for_update()
+)
+_INSERT_ENTRIES = entries.insert().returning(entries.c.id, sort_by_parameter_order=True)
+_INSERT_POSTINGS = postings.insert()
+_UPDATE_HEAD = (
+    update(chain_heads)
+    .where(chain_heads.c.shard == bindparam("_s"))
+    .values(seq=bindparam("_q"), hash=bindparam("_h"), last_entry_id=bindparam("_i"))
+)
+
+
+class RetryTransaction(Exception):
+    """Internal: roll back and run the whole operation again (see ``Ledger._run``)."""
 
 
 @dataclass(frozen=True)
@@ -71,35 +104,29 @@ class Book:
             raise LedgerIntegrityError("internal: accounts must be locked once per transaction, all together")
         self._locked = True
         wanted = sorted(set(names))
-        if not wanted:
-            return self.balances
-        if self.db.dialect == "postgresql":
-            # Create first, then lock: a row inserted here is only ever locked after all inserts, in order.
-            await self._create(wanted)
-            await self._select(wanted)
-        else:
-            # SQLite: this transaction already holds the database's only write lock; skip the usual no-op insert.
-            await self._select(wanted)
-            missing = [a for a in wanted if a not in self.balances]
-            if missing:
-                await self._create(missing)
-                await self._select(missing)
-        return self.balances
-
-    async def _create(self, names: list[str]) -> None:
-        ins = self.db.insert(accounts).values([{"address": a, "balance": 0, "earned": 0} for a in names])
-        await self.conn.execute(ins.on_conflict_do_nothing(index_elements=["address"]))
-
-    async def _select(self, names: list[str]) -> None:
-        rows = await self.conn.execute(
-            select(accounts.c.address, accounts.c.balance, accounts.c.earned)
-            .where(accounts.c.address.in_(names))
-            .order_by(accounts.c.address)
-            .with_for_update()
-        )
+        rows = await self.conn.execute(_LOCK_ACCOUNTS, {"names": wanted})
         for r in rows:
             self.balances[r.address] = r.balance
             self.earned[r.address] = r.earned
+        missing = [a for a in wanted if a not in self.balances]
+        if missing:
+            created = await self.conn.execute(
+                self.db.insert_ignore(accounts, accounts.c.address),
+                [{"address": a, "balance": 0, "earned": 0} for a in missing],
+            )
+            fresh = set(created.scalars())
+            if fresh != set(missing):
+                # Another transaction created one of them since our SELECT. Locking it now would break the
+                # lock order; start over instead, when it exists and sorts into place.
+                raise RetryTransaction(f"accounts created concurrently: {sorted(set(missing) - fresh)}")
+            for a in missing:
+                self.balances[a] = self.earned[a] = 0
+        return self.balances
+
+    async def move(self, spec: EntrySpec) -> int:
+        """Lock the accounts of one entry and post it: the whole of a simple transfer."""
+        await self.lock(spec.postings)
+        return (await self.post(spec))[0]
 
     async def post(self, *specs: EntrySpec) -> list[int]:
         """Post these entries (once per transaction) and return their ids, in order."""
@@ -130,16 +157,17 @@ class Book:
             if (new[a], earned[a]) != (self.balances[a], self.earned[a])
         ]
         if changed:
-            await self.conn.execute(
-                update(accounts)
-                .where(accounts.c.address == bindparam("_a"))
-                .values(balance=bindparam("_b", type_=Amount()), earned=bindparam("_e", type_=Amount())),
-                changed,
-            )
+            await self.conn.execute(_UPDATE_ACCOUNT, changed)
         self.balances, self.earned = new, earned
         return await self._journal(specs)
 
     def _check_balanced(self, spec: EntrySpec) -> None:
+        if not isinstance(spec.reason, str) or len(spec.reason) > 1000 or "\x00" in spec.reason:
+            raise LedgerError("reason must be text of at most 1000 characters, without NUL", param="reason")
+        try:
+            spec.reason.encode()
+        except UnicodeEncodeError:
+            raise LedgerError("reason must be valid Unicode text", param="reason") from None
         moves = {a: d for a, d in spec.postings.items() if d != 0}
         unknown = set(moves) - set(self.balances)
         if unknown:
@@ -153,12 +181,7 @@ class Book:
         shards = [shard_of(s.key(), self.shards) for s in specs]
         heads = {
             r.shard: (r.seq, r.hash)
-            for r in await self.conn.execute(
-                select(chain_heads.c.shard, chain_heads.c.seq, chain_heads.c.hash)
-                .where(chain_heads.c.shard.in_(sorted(set(shards))))
-                .order_by(chain_heads.c.shard)
-                .with_for_update()
-            )
+            for r in await self.conn.execute(_LOCK_HEADS, {"shards": sorted(set(shards))})
         }
         rows: list[dict[str, Any]] = []
         lines: list[tuple[tuple[str, int], ...]] = []
@@ -196,12 +219,10 @@ class Book:
                     "hash": digest,
                 }
             )
-        result = await self.conn.execute(
-            entries.insert().returning(entries.c.id, sort_by_parameter_order=True), rows
-        )
+        result = await self.conn.execute(_INSERT_ENTRIES, rows)
         ids = [int(i) for i in result.scalars()]
         await self.conn.execute(
-            postings.insert(),
+            _INSERT_POSTINGS,
             [
                 {"entry_id": i, "account": a, "delta": d}
                 for i, ps in zip(ids, lines, strict=True)
@@ -210,9 +231,7 @@ class Book:
         )
         last_id = {shard: i for shard, i in zip(shards, ids, strict=True)}
         await self.conn.execute(
-            update(chain_heads)
-            .where(chain_heads.c.shard == bindparam("_s"))
-            .values(seq=bindparam("_q"), hash=bindparam("_h"), last_entry_id=bindparam("_i")),
+            _UPDATE_HEAD,
             [{"_s": s, "_q": heads[s][0], "_h": heads[s][1], "_i": last_id[s]} for s in sorted(last_id)],
         )
         return ids

@@ -15,27 +15,44 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from hivemesh.errors import InsufficientFunds, LedgerError, NotFound
 from hivemesh.ledger import accounts as acc
 from hivemesh.ledger.accounts import TREASURY, EntryKind
 from hivemesh.ledger.book import Book, EntrySpec, cor
-from hivemesh.ledger.schema import holds, sessions
+from hivemesh.ledger.schema import Amount, holds, sessions
 from hivemesh.ledger.views import Settlement, frozen_payouts
 
 OPEN, CLOSED = "open", "closed"
 HELD, SETTLED, RELEASED = "held", "settled", "released"
 
 
+_LOCK_SESSION = (
+    select(sessions.c.owner, sessions.c.state)
+    .where(sessions.c.session_id == bindparam("session_id"))
+    .with_for_update()
+)
+_LOCK_HOLD = (
+    select(holds.c.session_id, holds.c.state, holds.c.amount, holds.c.fee, holds.c.released, holds.c.payouts)
+    .where(holds.c.task_id == bindparam("task_id"))
+    .with_for_update()
+)
+_CLOSE_HOLD = (
+    update(holds)
+    .where(holds.c.task_id == bindparam("_task"))
+    .values(
+        state=bindparam("_state"),
+        fee=bindparam("_fee", type_=Amount()),
+        released=bindparam("_released", type_=Amount()),
+        payouts=bindparam("_payouts"),
+        closed_us=bindparam("_at"),
+    )
+)
+
+
 async def _lock_session(book: Book, session_id: str) -> tuple[str, str]:
-    row = (
-        await book.conn.execute(
-            select(sessions.c.owner, sessions.c.state)
-            .where(sessions.c.session_id == session_id)
-            .with_for_update()
-        )
-    ).first()
+    row = (await book.conn.execute(_LOCK_SESSION, {"session_id": session_id})).first()
     if row is None:
         raise NotFound(f"No session {session_id!r} in the ledger; fund it first.", param="session_id")
     return row.owner, row.state
@@ -44,9 +61,8 @@ async def _lock_session(book: Book, session_id: str) -> tuple[str, str]:
 async def fund_session(book: Book, session_id: str, owner: str, amount: int, reason: str) -> int:
     session_id, owner, amount = acc.ref(session_id, "session_id"), acc.address(owner), acc.amount(amount)
     await book.conn.execute(
-        book.db.insert(sessions)
-        .values(session_id=session_id, owner=owner, state=OPEN, created_us=book.now_us)
-        .on_conflict_do_nothing(index_elements=["session_id"])
+        book.db.insert_ignore(sessions),
+        {"session_id": session_id, "owner": owner, "state": OPEN, "created_us": book.now_us},
     )
     known_owner, state = await _lock_session(book, session_id)
     if state != OPEN:
@@ -100,10 +116,14 @@ async def reserve(book: Book, session_id: str, task_id: str, amount: int) -> Non
         raise LedgerError(f"session {session_id!r} is closed", param="session_id")
     created = (
         await book.conn.execute(
-            book.db.insert(holds)
-            .values(task_id=task_id, session_id=session_id, amount=amount, state=HELD, created_us=book.now_us)
-            .on_conflict_do_nothing(index_elements=["task_id"])
-            .returning(holds.c.task_id)
+            book.db.insert_ignore(holds, holds.c.task_id),
+            {
+                "task_id": task_id,
+                "session_id": session_id,
+                "amount": amount,
+                "state": HELD,
+                "created_us": book.now_us,
+            },
         )
     ).first()
     if created is None:
@@ -129,20 +149,7 @@ async def reserve(book: Book, session_id: str, task_id: str, amount: int) -> Non
 
 
 async def _lock_hold(book: Book, task_id: str) -> tuple[str, str, int, int | None, int | None, str | None]:
-    row = (
-        await book.conn.execute(
-            select(
-                holds.c.session_id,
-                holds.c.state,
-                holds.c.amount,
-                holds.c.fee,
-                holds.c.released,
-                holds.c.payouts,
-            )
-            .where(holds.c.task_id == task_id)
-            .with_for_update()
-        )
-    ).first()
+    row = (await book.conn.execute(_LOCK_HOLD, {"task_id": task_id})).first()
     if row is None:
         raise NotFound(f"No reservation for task {task_id!r}.", param="task_id")
     return row.session_id, row.state, row.amount, row.fee, row.released, row.payouts
@@ -169,9 +176,22 @@ async def settle(book: Book, task_id: str, payouts: Mapping[str, int], treasury_
         raise InsufficientFunds(
             f"Settlement of task {task_id} ({cor(charged)}) exceeds its reservation of {cor(reserved)}."
         )
+    rest = reserved - charged
+    # Mark the hold settled first: its row is ours already, and this keeps the account rows locked for less time.
+    payouts_json = json.dumps({a: str(v) for a, v in sorted(pay.items())})
+    await book.conn.execute(
+        _CLOSE_HOLD,
+        {
+            "_task": task_id,
+            "_state": SETTLED,
+            "_fee": fee,
+            "_released": rest,
+            "_payouts": payouts_json,
+            "_at": book.now_us,
+        },
+    )
     hold, escrow = acc.hold_account(task_id), acc.escrow_account(session_id)
     await book.lock([hold, escrow, *pay, *([TREASURY] if fee else [])])
-    rest = reserved - charged
     await book.post(
         EntrySpec(
             EntryKind.PAYOUT,
@@ -195,17 +215,6 @@ async def settle(book: Book, task_id: str, payouts: Mapping[str, int], treasury_
             task_id=task_id,
         ),
     )
-    await book.conn.execute(
-        update(holds)
-        .where(holds.c.task_id == task_id)
-        .values(
-            state=SETTLED,
-            fee=fee,
-            released=rest,
-            payouts=json.dumps({a: str(v) for a, v in sorted(pay.items())}),
-            closed_us=book.now_us,
-        )
-    )
     return Settlement(task_id, session_id, reserved, frozen_payouts(pay), fee, rest)
 
 
@@ -216,15 +225,21 @@ async def release(book: Book, task_id: str, reason: str) -> int:
         return 0
     if state == SETTLED:
         raise LedgerError(f"task {task_id!r} is already settled; nothing to release", param="task_id")
+    await book.conn.execute(
+        _CLOSE_HOLD,
+        {
+            "_task": task_id,
+            "_state": RELEASED,
+            "_fee": 0,
+            "_released": reserved,
+            "_payouts": None,
+            "_at": book.now_us,
+        },
+    )
     hold, escrow = acc.hold_account(task_id), acc.escrow_account(session_id)
     await book.lock([hold, escrow])
     spec = EntrySpec(
         EntryKind.RELEASE, {hold: -reserved, escrow: reserved}, reason, session_id=session_id, task_id=task_id
     )
     await book.post(spec)
-    await book.conn.execute(
-        update(holds)
-        .where(holds.c.task_id == task_id)
-        .values(state=RELEASED, released=reserved, closed_us=book.now_us)
-    )
     return reserved

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, bindparam, select, update
 
 from hivemesh.errors import AuthenticationFailed, LedgerError, NotFound
 from hivemesh.ledger import accounts as acc
@@ -26,6 +26,7 @@ from hivemesh.ledger.schema import api_keys
 PREFIX = "hm-"
 _SECRET_CHARS = 40  # token_urlsafe(30) -> exactly 40 characters
 _CACHE_MAX = 10_000
+_BY_DIGEST = select(api_keys).where(api_keys.c.secret_sha256 == bindparam("digest"))
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class KeyStore:
         else:
             generation = self._generation
             async with self._db.read() as conn:
-                row = (await conn.execute(select(api_keys).where(api_keys.c.secret_sha256 == digest))).first()
+                row = (await conn.execute(_BY_DIGEST, {"digest": digest})).first()
             if row is None or row.revoked_us is not None:
                 self._cache.pop(digest, None)
                 raise _refused(secret)

@@ -13,25 +13,36 @@ Money is never created or lost (each entry's postings sum to zero; only ``world`
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.exc import DBAPIError
 
 from hivemesh.errors import LedgerError
 from hivemesh.ledger import accounts as acc
 from hivemesh.ledger import audit, escrow, staking
 from hivemesh.ledger.accounts import REWARD_POOL, TREASURY, WORLD, EntryKind, from_us, to_us
-from hivemesh.ledger.book import Book, EntrySpec
+from hivemesh.ledger.book import Book, EntrySpec, RetryTransaction
 from hivemesh.ledger.chain import GENESIS, VerifyReport
 from hivemesh.ledger.db import Database
 from hivemesh.ledger.keys import KeyInfo, KeyStore
 from hivemesh.ledger.schema import accounts, chain_heads, migrate, stakes
 from hivemesh.ledger.views import AccountView, Settlement, StakePools, Unstaking
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_ATTEMPTS = 5
+_RETRYABLE = {"40P01", "40001"}  # PostgreSQL deadlock_detected, serialization_failure: safe to run again
+
+
+_BALANCE = select(accounts.c.balance).where(accounts.c.address == bindparam("name"))
 
 
 def _utcnow() -> datetime:
@@ -89,7 +100,7 @@ class Ledger:
             or not 1 <= chain_shards <= 4096
         ):
             raise LedgerError(f"chain_shards must be an int in 1..4096, got {chain_shards!r}")
-        db = Database.connect(url, pool_size=pool_size)
+        db = await Database.open(url, pool_size=pool_size)
         try:
             async with db.write() as conn:
                 await migrate(conn)
@@ -131,30 +142,38 @@ class Ledger:
     async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         await self.close()
 
-    @contextlib.asynccontextmanager
-    async def _book(self) -> AsyncIterator[Book]:
-        async with self._db.write() as conn:
-            yield Book(self._db, conn, self._shards, to_us(self._clock()))
+    async def _run(self, operation: Callable[[Book], Awaitable[T]]) -> T:
+        """Run ``operation`` in one write transaction, again from the start if the database asks for a retry."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                async with self._db.write() as conn:
+                    return await operation(Book(self._db, conn, self._shards, to_us(self._clock())))
+            except RetryTransaction as e:
+                why = str(e)
+            except DBAPIError as e:
+                code = getattr(e.orig, "sqlstate", None)
+                if code not in _RETRYABLE:
+                    raise
+                why = f"sqlstate {code}"
+            log.info("ledger transaction retried attempt=%d reason=%s", attempt + 1, why)
+            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise LedgerError(f"the ledger stayed busy after {_ATTEMPTS} attempts; try again")
 
     # -- money in and out -------------------------------------------------------------------------------
 
     async def deposit(self, account: str, amount: int, reason: str = "") -> int:
         """Credit ``account`` (an address, ``treasury`` or ``reward_pool``) from the outside; return the entry id."""
         account, amount = acc.holder(account), acc.amount(amount)
-        async with self._book() as book:
-            await book.lock([account, WORLD])
-            return (await book.post(EntrySpec(EntryKind.DEPOSIT, {WORLD: -amount, account: amount}, reason)))[
-                0
-            ]
+        return await self._run(
+            lambda book: book.move(EntrySpec(EntryKind.DEPOSIT, {WORLD: -amount, account: amount}, reason))
+        )
 
     async def withdraw(self, account: str, amount: int, reason: str = "") -> int:
         """Send ``amount`` from ``account`` to the outside, or raise ``InsufficientFunds``; return the entry id."""
         account, amount = acc.holder(account), acc.amount(amount)
-        async with self._book() as book:
-            await book.lock([account, WORLD])
-            return (
-                await book.post(EntrySpec(EntryKind.WITHDRAW, {account: -amount, WORLD: amount}, reason))
-            )[0]
+        return await self._run(
+            lambda book: book.move(EntrySpec(EntryKind.WITHDRAW, {account: -amount, WORLD: amount}, reason))
+        )
 
     async def balance(self, account: str) -> int:
         """The balance of any account (0 for one never used)."""
@@ -212,8 +231,7 @@ class Ledger:
 
     async def stake(self, node: str, amount: int, pool: int) -> int:
         """Move ``amount`` of the node's balance into its stake, for ``pool``; return the entry id."""
-        async with self._book() as book:
-            return await staking.stake(book, self.pools, node, amount, pool)
+        return await self._run(lambda book: staking.stake(book, self.pools, node, amount, pool))
 
     async def staked(self, node: str) -> int:
         """Active stake (stake in unstake cooldown not included)."""
@@ -221,13 +239,13 @@ class Ledger:
 
     async def request_unstake(self, node: str, amount: int) -> datetime:
         """Start the cooldown for ``amount`` of active stake; return when ``complete_unstake`` may take it."""
-        async with self._book() as book:
-            return await staking.request_unstake(book, self.unstake_cooldown, node, amount)
+        return await self._run(
+            lambda book: staking.request_unstake(book, self.unstake_cooldown, node, amount)
+        )
 
     async def complete_unstake(self, node: str) -> int:
         """Return stake whose cooldown has ended to the node's balance; raise if it has not ended."""
-        async with self._book() as book:
-            return await staking.complete_unstake(book, node)
+        return await self._run(lambda book: staking.complete_unstake(book, node))
 
     async def check_stake(self, node: str, pool: int) -> None:
         """Raise ``LedgerError`` naming the shortfall if the node's active stake is below the pool's minimum."""
@@ -238,43 +256,36 @@ class Ledger:
     ) -> int:
         """Send ``fraction`` of the node's stake (active and cooling) to the treasury; return the amount."""
         share = acc.fraction(fraction)
-        async with self._book() as book:
-            return await staking.slash(book, node, share, reason, task_id)
+        return await self._run(lambda book: staking.slash(book, node, share, reason, task_id))
 
     async def reward(self, account: str, amount: int, epoch: int, reason: str = "") -> int:
         """Pay from ``reward_pool``, once per (account, epoch); return the entry id (the first one on a repeat)."""
-        async with self._book() as book:
-            return await staking.reward(book, account, amount, epoch, reason)
+        return await self._run(lambda book: staking.reward(book, account, amount, epoch, reason))
 
     # -- sessions and tasks ------------------------------------------------------------------------------
 
     async def fund_session(self, session_id: str, owner: str, amount: int, reason: str = "") -> int:
         """Move ``amount`` from ``owner`` into the session's escrow (opening it); return the entry id."""
-        async with self._book() as book:
-            return await escrow.fund_session(book, session_id, owner, amount, reason)
+        return await self._run(lambda book: escrow.fund_session(book, session_id, owner, amount, reason))
 
     async def escrow_balance(self, session_id: str) -> int:
         return await self.balance(acc.escrow_account(session_id))
 
     async def close_session(self, session_id: str, refund_to: str) -> int:
         """Refund what is left in escrow and close the session; return the refund (0 if already closed)."""
-        async with self._book() as book:
-            return await escrow.close_session(book, session_id, refund_to)
+        return await self._run(lambda book: escrow.close_session(book, session_id, refund_to))
 
     async def reserve(self, session_id: str, task_id: str, amount: int) -> None:
         """Hold ``amount`` of the session's escrow for one task, or raise ``InsufficientFunds``."""
-        async with self._book() as book:
-            await escrow.reserve(book, session_id, task_id, amount)
+        await self._run(lambda book: escrow.reserve(book, session_id, task_id, amount))
 
     async def settle(self, task_id: str, payouts: Mapping[str, int], treasury_fee: int = 0) -> Settlement:
         """Pay miners and the fee from the task's hold and release the rest, atomically; idempotent per task."""
-        async with self._book() as book:
-            return await escrow.settle(book, task_id, payouts, treasury_fee)
+        return await self._run(lambda book: escrow.settle(book, task_id, payouts, treasury_fee))
 
     async def release(self, task_id: str, reason: str = "task failed") -> int:
         """Return the whole hold to the session's escrow (the task failed); return the amount."""
-        async with self._book() as book:
-            return await escrow.release(book, task_id, reason)
+        return await self._run(lambda book: escrow.release(book, task_id, reason))
 
     # -- audit -------------------------------------------------------------------------------------------
 

@@ -84,8 +84,8 @@ class RateLimiter:
 
     def check(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, now: float) -> LimitState:
         """Count one request of ``tokens`` tokens, or raise ``RateLimited`` (nothing counted) with retry_after."""
-        if tokens < 0:
-            raise ValueError("tokens must be >= 0")
+        if tokens < 0 or (rpm is not None and rpm <= 0) or (tpm is not None and tpm <= 0):
+            raise ValueError(f"tokens must be >= 0 and limits > 0 or None, got {tokens=} {rpm=} {tpm=}")
         if tpm is not None and tokens > tpm:
             raise RateLimited(
                 f"Request too large for key {key_id}: tokens per min (TPM) limit {tpm}, requested {tokens}. "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from hivemesh.errors import AuthenticationFailed
 
@@ -20,6 +20,7 @@ class Principal:
     key_id: str | None = None
     rpm: int | None = None
     tpm: int | None = None
+    admin: bool = False  # a router static key: may use the admin endpoints
 
 
 class Authenticator(Protocol):
@@ -51,4 +52,19 @@ class StaticKeys:
         h = key_hash(bearer(authorization))
         if h not in self.hashes:
             raise AuthenticationFailed("Incorrect API key provided.")
-        return Principal(owner="key:" + h[:16], key_id=h[:16])
+        return Principal(owner="key:" + h[:16], key_id=h[:16], admin=True)
+
+
+class LedgerKeys:
+    """The router's static keys (admin; not billed), then the ledger's API keys (bound to an account)."""
+
+    def __init__(self, static: StaticKeys, ledger: Any) -> None:
+        self.static = static
+        self.ledger = ledger
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        secret = bearer(authorization)
+        if key_hash(secret) in self.static.hashes:
+            return Principal(owner="key:" + key_hash(secret)[:16], key_id=key_hash(secret)[:16], admin=True)
+        info = await self.ledger.authenticate(secret)
+        return Principal(owner=info.account, key_id=info.key_id, rpm=info.rpm, tpm=info.tpm)

@@ -64,6 +64,7 @@ class Outcome:
     dissent: tuple[str, ...]
     answered_by: str
     pending: tuple[str, ...] = ()  # miners still working when the answer went out
+    cost: int = 0  # what the user pays for this answer, in the smallest unit (10**-18 COR)
 
     def verification(self) -> dict[str, Any]:
         return {
@@ -78,4 +79,5 @@ class Outcome:
             "dissent": list(self.dissent),
             "pending": list(self.pending),
             "answered_by": self.answered_by,
+            "cost": str(self.cost),
         }

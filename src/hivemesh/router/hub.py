@@ -13,7 +13,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -80,10 +80,18 @@ class MinerHub:
         self.listeners: list[Callable[[], None]] = []  # woken when capacity may have freed up
         self.finished_counts: dict[str, int] = {}
         self.reputation: Any = None  # router.reputation.Reputation, set by the service
+        self.on_strike: Callable[[str, str, str | None], None] | None = None  # (node, kind, task_id): billing
+        self.admit: Callable[[str, int], Awaitable[str | None]] | None = (
+            None  # (node, pool) -> why not, or None
+        )
         self.known_models: set[str] = set()
         self.shutting_down = False  # set when the router stops: tasks in flight are left to resume, not failed  # every model a miner has ever served here
-        self.pings: dict[str, tuple[str, asyncio.Future[None]]] = {}  # ping nonce -> (node, resolved by its Pong)
-        self.validation_until = 0.0  # while a validator holds a live lease (unix time): user work needs validated nodes
+        self.pings: dict[
+            str, tuple[str, asyncio.Future[None]]
+        ] = {}  # ping nonce -> (node, resolved by its Pong)
+        self.validation_until = (
+            0.0  # while a validator holds a live lease (unix time): user work needs validated nodes
+        )
 
     # ------------------------------------------------------------------ queries used by the scheduler
 
@@ -145,6 +153,10 @@ class MinerHub:
         except (WebSocketDisconnect, RuntimeError):
             return
         node = hello.node
+        if self.admit is not None and (why := await self.admit(node, hello.pool)) is not None:
+            log.warning("miner refused node=%s pool=%d reason=%s", node, hello.pool, why)
+            await _close(ws, 4402, f"refused: {why}")
+            return
         link = MinerLink(
             node=node,
             nonce=nonce,
@@ -234,6 +246,8 @@ class MinerHub:
             "miner strike node=%s kind=%s task_id=%s detail=%s", link.node, kind, task_id, detail[:200]
         )
         self.store.node_event(link.node, kind, task_id, detail)
+        if self.on_strike is not None:
+            self.on_strike(link.node, kind, task_id)
 
     async def _drop(self, link: MinerLink, why: str) -> None:
         if link.closed:

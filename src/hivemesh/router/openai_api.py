@@ -116,11 +116,26 @@ class OpenAIApi:
         else:
             session = await sessions.default_for(principal.owner)
         spec = self.build_spec(session, body, kind, messages=messages, prompt=prompt)
-        run = await self.service.submit(spec, stream=body.stream)
+        limits = self.rate_limit(principal, spec)
+        run = await self.service.submit(spec, stream=body.stream, default_session=not session_id)
         if body.stream:
-            return self.stream_response(run, spec, kind, include_usage=body.include_usage)
+            resp = self.stream_response(run, spec, kind, include_usage=body.include_usage)
+            resp.headers.update(limits)
+            return resp
         outcome = await run.answer
-        return JSONResponse(render(outcome, spec, kind), headers=outcome_headers(outcome))
+        return JSONResponse(render(outcome, spec, kind), headers={**outcome_headers(outcome), **limits})
+
+    def rate_limit(self, principal: Principal, spec: TaskSpec) -> dict[str, str]:
+        """Enforce the key's requests/min and tokens/min (429 with retry-after); the x-ratelimit-* headers."""
+        if principal.key_id is None or (principal.rpm is None and principal.tpm is None):
+            return {}
+        tokens = (
+            spec.params.max_tokens + len(spec.prompt) // 4 + sum(len(m.content) for m in spec.messages) // 4
+        )
+        state = self.service.limiter.check(
+            principal.key_id, principal.rpm, principal.tpm, tokens, time.monotonic()
+        )
+        return state.headers()
 
     def build_spec(
         self,
@@ -254,6 +269,7 @@ def usage_json(out: Outcome) -> dict[str, Any]:
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "cost": out.cost / 10**18,  # in COR; exact integer (10**-18 COR) in hivemesh.cost
     }
 
 

@@ -172,7 +172,11 @@ class Reputation:
         f = self.floors
         c = self.window(node)
         return is_quarantined(
-            self.scores(node), min_total=f.min_total, min_precommit=f.min_precommit, min_samples=f.min_samples, assigned=c.assigned
+            self.scores(node),
+            min_total=f.min_total,
+            min_precommit=f.min_precommit,
+            min_samples=f.min_samples,
+            assigned=c.assigned,
         )
 
     def is_quarantined(self, node: str) -> bool:

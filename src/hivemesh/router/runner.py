@@ -85,6 +85,7 @@ class TaskRun:
         identity: Identity,
         embed: Any = None,  # async (texts) -> np.ndarray, for semantic mode
         reputation: Any = None,  # router.reputation.Reputation: told how every slot ended
+        cost_of: Any = None,  # (run, outcome) -> what the user pays, in the smallest unit
         stream: asyncio.Queue[str | StreamEnd] | None = None,
     ) -> None:
         self.spec = spec
@@ -93,6 +94,7 @@ class TaskRun:
         self.identity = identity
         self.embed = embed
         self.reputation = reputation
+        self.cost_of = cost_of
         self.stream = stream
         sess = spec.session
         self.mode = sess.mode if (sess.mode != "semantic" or embed is not None) else "exact"
@@ -217,10 +219,16 @@ class TaskRun:
             reveal="immediate" if self.immediate else "on_request",
             deadline_ms=int(sess.precommit_timeout_s * 1000),
         )
-        assign = assign.model_copy(update={"sig": self.identity.sign(wire.signing_payload(assign, slot.link.nonce))})
+        assign = assign.model_copy(
+            update={"sig": self.identity.sign(wire.signing_payload(assign, slot.link.nonce))}
+        )
         self._submit(
             insert(s.assignments).values(
-                task_id=self.spec.id, node=slot.node, slot=slot.index, status="assigned", assigned_at=time.time()
+                task_id=self.spec.id,
+                node=slot.node,
+                slot=slot.index,
+                status="assigned",
+                assigned_at=time.time(),
             )
         )
         self._event("assigned", slot.node)
@@ -414,6 +422,8 @@ class TaskRun:
             answered_by=lead.node,
             pending=tuple(n for n, sl in self.slots.items() if sl.status in PENDING),
         )
+        if self.cost_of is not None:
+            outcome = replace(outcome, cost=self.cost_of(self, outcome))
         self._event("validated", None, verdict=verdict, agreement=d.score)
         self.phase = PHASES.index("validated")
         await self.store.write(self._record(outcome, "validated"))  # durable before anyone sees it
@@ -512,7 +522,9 @@ class TaskRun:
                 bad_reveals=int(bad),
                 tokens=c.usage.completion_tokens if c else 0,
                 gen_ms=c.elapsed_ms if c else 0,
-                ttft_ms_total=int((sl.first_delta_at - sl.assigned_at) * 1000) if c and sl.first_delta_at else 0,
+                ttft_ms_total=int((sl.first_delta_at - sl.assigned_at) * 1000)
+                if c and sl.first_delta_at
+                else 0,
                 ttft_samples=int(bool(c and sl.first_delta_at)),
             )
             success = None if self.spec.network else c is not None and (agree or none_mode)
@@ -549,7 +561,11 @@ class TaskRun:
             for other in self.slots.values():  # hand the stream to a miner that said the same so far
                 if other.status in (*PENDING, "committed") and other.text.startswith(self.sent):
                     self.leader = other
-                    if self.stream is not None and not self.answer.done() and len(other.text) > len(self.sent):
+                    if (
+                        self.stream is not None
+                        and not self.answer.done()
+                        and len(other.text) > len(self.sent)
+                    ):
                         self.stream.put_nowait(other.text[len(self.sent) :])  # catch up at once
                         self.sent = other.text
                     break

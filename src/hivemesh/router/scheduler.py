@@ -76,7 +76,9 @@ class Scheduler:
             raise NoMinerAvailable(f"no connected miner serves {spec.model!r}", retry_after=5)
         if not self.eligible(spec):
             if spec.target is not None:
-                raise NoMinerAvailable(f"node {spec.target} is not connected or does not serve {spec.model!r}")
+                raise NoMinerAvailable(
+                    f"node {spec.target} is not connected or does not serve {spec.model!r}"
+                )
             rep = self.hub.reputation
             why = rep.explain_sla(spec.session.sla) if rep is not None else "no eligible miner"
             raise NoMinerAvailable(f"no miner can serve this session now: {why}", retry_after=10)

@@ -15,12 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 
 from hivemesh.config import RouterConfig
 from hivemesh.errors import HivemeshError, NoMinerAvailable
 from hivemesh.identity import Identity
+from hivemesh.ledger.limits import RateLimiter
 from hivemesh.protocol.wire import ChatMessage, SamplingParams
+from hivemesh.router.billing import CHEATS, Billing
 from hivemesh.router.domain import TaskSpec
 from hivemesh.router.hub import MinerHub
 from hivemesh.router.reputation import Reputation
@@ -36,12 +38,20 @@ RECOVERY_WAIT_S = 300.0  # how long a recovered task waits for a miner serving i
 
 
 class RouterService:
-    def __init__(self, config: RouterConfig, store: Store, identity: Identity, embedder: Any = None) -> None:
+    def __init__(
+        self, config: RouterConfig, store: Store, identity: Identity, embedder: Any = None, ledger: Any = None
+    ) -> None:
         self.config = config
         self.store = store
         self.identity = identity
         self.embedder = embedder
         self.hub = MinerHub(identity, store)
+        self.ledger = ledger  # hivemesh.ledger.Ledger, or None: nothing is billed
+        self.billing = Billing(ledger, config.billing) if ledger is not None else None
+        self.limiter = RateLimiter()
+        if self.billing is not None:
+            self.hub.on_strike = self._on_strike
+            self.hub.admit = self._admit
         self.reputation = Reputation(store)
         self.hub.reputation = self.reputation
         self.scheduler = Scheduler(self.hub, queue_timeout_s=config.queue_timeout_s)
@@ -50,6 +60,8 @@ class RouterService:
         self.started_at = time.time()
         # called with each TaskRun once it has ended (run.final set) or failed: metrics, dashboards, billing
         self.observers: list[Callable[[TaskRun], None]] = []
+        if self.billing is not None:
+            self.observers.append(self._settle)
 
     async def start(self) -> None:
         await self.reputation.load()
@@ -66,6 +78,8 @@ class RouterService:
                 await t
         await self.hub.close()
         await self.reputation.close()
+        if self.billing is not None:
+            await self.billing.drain()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         t = asyncio.create_task(coro, name=name)
@@ -79,10 +93,14 @@ class RouterService:
 
     # ------------------------------------------------------------------ submitting
 
-    async def submit(self, spec: TaskSpec, *, stream: bool, persist: bool = True) -> TaskRun:
-        """Persist, queue and start a task. Returns the run once it has miners (its ``answer`` future resolves
-        with the outcome; with ``stream`` its ``stream`` queue yields text, then a StreamEnd). Raises
-        NoMinerAvailable when it cannot start."""
+    async def submit(
+        self, spec: TaskSpec, *, stream: bool, persist: bool = True, default_session: bool = False
+    ) -> TaskRun:
+        """Reserve the task's worst-case cost, persist, queue and start it. Returns the run once it has miners
+        (its ``answer`` future resolves with the outcome; with ``stream`` its ``stream`` queue yields text, then
+        a StreamEnd). Raises PaymentRequired (402) or NoMinerAvailable (503) when it cannot start."""
+        if self.billing is not None and persist:
+            await self.billing.reserve(spec, default_session=default_session)
         if persist:
             await self.store.write(insert(s.tasks).values(**_task_row(spec)))
         queue: asyncio.Queue[str | StreamEnd] | None = asyncio.Queue() if stream else None
@@ -93,6 +111,7 @@ class RouterService:
             identity=self.identity,
             embed=self._embed if self.embedder is not None else None,
             reputation=self.reputation,
+            cost_of=self._cost_of if self.billing is not None else None,
             stream=queue,
         )
 
@@ -113,6 +132,8 @@ class RouterService:
         try:
             await self.scheduler.enqueue(Ticket(spec, start))
         except HivemeshError as exc:
+            if self.billing is not None:
+                self.billing.settle_later(spec, None, 0)  # release the hold
             await self.store.write(
                 update(s.tasks)
                 .where(s.tasks.c.id == spec.id)
@@ -120,6 +141,29 @@ class RouterService:
             )
             raise
         return run
+
+    # ------------------------------------------------------------------ billing hooks
+
+    def _cost_of(self, run: TaskRun, outcome: Any) -> int:
+        assert self.billing is not None
+        return self.billing.charge(run.spec, outcome, run.k)
+
+    def _settle(self, run: TaskRun) -> None:
+        assert self.billing is not None
+        self.billing.settle_later(run.spec, run.final if run.error is None else None, run.k)
+
+    def _on_strike(self, node: str, kind: str, task_id: str | None) -> None:
+        assert self.billing is not None
+        if kind in CHEATS:
+            self._spawn(self.billing.slash(node, kind, task_id), f"slash-{node}")
+
+    async def _admit(self, node: str, pool: int) -> str | None:
+        """Why a miner may not join (its stake is below its pool's minimum), or None."""
+        try:
+            await self.ledger.check_stake(node, pool)
+        except HivemeshError as exc:
+            return exc.message
+        return None
 
     # ------------------------------------------------------------------ recovery
 
@@ -129,6 +173,16 @@ class RouterService:
             log.info("recovering unfinished tasks count=%d", len(rows))
         for row in rows:
             self._spawn(self._recover_one(row), f"recover-{row['id']}")
+        # answered but not yet ended when the router stopped: close them with the answer on record
+        for row in await self.store.fetch_all(select(s.tasks).where(s.tasks.c.phase == "validated")):
+            if self.billing is not None and row["result"]:
+                session = await self.sessions.get(row["session_id"])
+                await self.billing.settle_recorded(row["id"], session.owner, row["result"])
+            await self.store.write(
+                update(s.tasks)
+                .where(s.tasks.c.id == row["id"])
+                .values(phase="ended", finished_at=time.time())
+            )
 
     async def _recover_one(self, row: Row) -> None:
         try:

@@ -3,7 +3,9 @@ Cortensor-style router endpoints (info, status, miners) for clients written agai
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from hivemesh import __version__
-from hivemesh.errors import InvalidRequest, NotFound
+from hivemesh.errors import InvalidRequest, NotFound, PermissionDenied
 from hivemesh.protocol.openai import ChatCompletionRequest, CompletionRequest, InMessage
 from hivemesh.protocol.wire import ChatMessage
 from hivemesh.router.openai_api import JSONResponse, OpenAIApi, outcome_headers, parse_body, render
@@ -35,6 +37,24 @@ class CreateSession(BaseModel):
     max_tokens: int | None = None
     sla: Literal["low", "medium", "high"] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Amount(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    amount: int = Field(gt=0)  # in the smallest unit (10**-18 COR)
+
+
+class AdminDeposit(Amount):
+    account: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
+
+
+class CreateKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    account: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
+    name: str = Field(default="", max_length=200)
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    expires_in_s: float | None = Field(default=None, gt=0)
 
 
 class SubmitPrompt(BaseModel):
@@ -121,6 +141,10 @@ class SessionApi:
             Route("/api/v1/sessions/{session_id}/tasks", self.list_tasks, methods=["GET"]),
             Route("/api/v1/tasks/{session_id}", self.list_tasks, methods=["GET"]),
             Route("/api/v1/tasks/{session_id}/{task_id}", self.get_task, methods=["GET"]),
+            Route("/api/v1/sessions/{session_id}/deposit", self.deposit, methods=["POST"]),
+            Route("/api/v1/accounts/{address}", self.account, methods=["GET"]),
+            Route("/api/v1/admin/keys", self.create_key, methods=["POST"]),
+            Route("/api/v1/admin/deposits", self.admin_deposit, methods=["POST"]),
             Route("/api/v1/completions", self.submit, methods=["POST"]),
             Route("/api/v1/completions/{session_id}", self.submit, methods=["POST"]),
         ]
@@ -205,6 +229,64 @@ class SessionApi:
         )
         return JSONResponse(to_json(spec))
 
+    # ------------------------------------------------------------------ money
+
+    def _ledger(self) -> Any:
+        if self.service.ledger is None:
+            raise NotFound("this router runs without a ledger")
+        return self.service.ledger
+
+    async def deposit(self, request: Request) -> Response:
+        """Move funds from the caller's account into a session's escrow."""
+        principal = await self.api.principal(request)
+        body = await parse_body(request, Amount)
+        spec = await self.service.sessions.get(request.path_params["session_id"], owner=principal.owner)
+        ledger = self._ledger()
+        await ledger.fund_session(spec.id, principal.owner, body.amount, reason="deposit via the Session API")
+        return JSONResponse({"session_id": spec.id, "escrow": str(await ledger.escrow_balance(spec.id))})
+
+    async def account(self, request: Request) -> Response:
+        await self.api.principal(request)
+        address = request.path_params["address"]
+        if not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):
+            raise InvalidRequest("address must be a 0x-prefixed 20-byte hex address", param="address")
+        view = await self._ledger().account(address)
+        return JSONResponse(
+            {
+                "object": "account",
+                "address": view.address,
+                "balance": str(view.balance),
+                "staked": str(view.staked),
+                "unstaking": str(view.unstaking.amount),
+                "unstaking_available_at": view.unstaking.available_at.isoformat()
+                if view.unstaking.available_at
+                else None,
+                "earned": str(view.earned),
+                "pool": view.pool,
+                "unit": "1e-18 COR",
+            }
+        )
+
+    async def create_key(self, request: Request) -> Response:
+        principal = await self.api.principal(request)
+        if not principal.admin:
+            raise PermissionDenied("creating API keys needs the router's admin key")
+        body = await parse_body(request, CreateKey)
+        expires = datetime.now(UTC) + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
+        key_id, secret = await self._ledger().create_key(
+            body.account, name=body.name, rpm=body.rpm, tpm=body.tpm, expires_at=expires
+        )
+        return JSONResponse({"key_id": key_id, "secret": secret, "account": body.account}, status_code=201)
+
+    async def admin_deposit(self, request: Request) -> Response:
+        principal = await self.api.principal(request)
+        if not principal.admin:
+            raise PermissionDenied("deposits from outside need the router's admin key")
+        body = await parse_body(request, AdminDeposit)
+        ledger = self._ledger()
+        await ledger.deposit(body.account, body.amount, reason="admin deposit")
+        return JSONResponse({"account": body.account, "balance": str(await ledger.balance(body.account))})
+
     # ------------------------------------------------------------------ tasks
 
     async def list_tasks(self, request: Request) -> Response:
@@ -265,7 +347,7 @@ class SessionApi:
             spec = self.api.build_spec(session, req, "completion", prompt=body.prompt)
         else:
             raise InvalidRequest("give a prompt or messages", param="prompt")
-        run = await self.service.submit(spec, stream=req.stream)
+        run = await self.service.submit(spec, stream=req.stream, default_session=False)
         if req.stream:
             return self.api.stream_response(run, spec, spec.kind, include_usage=True)
         if not body.wait:

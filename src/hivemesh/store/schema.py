@@ -166,6 +166,15 @@ node_levels = Table(
     Column("updated_at", Float, nullable=False),
 )
 
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),  # what is leased, e.g. "oracle": the validators' leadership
+    Column("holder", String(64), nullable=False),  # the address holding it
+    Column("expires_at", Float, nullable=False),  # unix time; past it, anyone may take the lease
+    Column("updated_at", Float, nullable=False),
+)
+
 
 def _m001_initial(conn: Connection) -> None:
     metadata.create_all(conn, tables=[sessions, tasks, task_events, assignments, nodes, node_events])
@@ -175,7 +184,12 @@ def _m002_reputation(conn: Connection) -> None:
     metadata.create_all(conn, tables=[node_stats, node_levels])
 
 
+def _m003_leases(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[leases])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_reputation", _m002_reputation),
+    ("003_leases", _m003_leases),
 ]

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from ledger_pgserver import INSTALL_HINT, PgServer, PgUnavailable
 from sqlalchemy.engine import make_url
+
+from .ledger_pgserver import INSTALL_HINT, PgServer, PgUnavailable
 
 PG_URL_ENV = "HIVEMESH_TEST_PG_URL"
 

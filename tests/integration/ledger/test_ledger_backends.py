@@ -224,3 +224,17 @@ async def test_random_concurrent_programs_conserve_money(ledger: Ledger) -> None
     assert await ledger.totals() == deposited - withdrawn
     report = await ledger.verify()
     assert report.ok, report.reason
+
+
+async def test_racing_to_create_the_same_account_loses_nothing(ledger: Ledger, ledger_url: str) -> None:
+    """Concurrent first deposits to one new address: on PostgreSQL some transactions find the account created
+    under them and are re-run from the start; every deposit lands exactly once."""
+    other = await Ledger.open(ledger_url)
+    try:
+        for n in range(3):
+            fresh = addr(500 + n)
+            await asyncio.gather(*((ledger if i % 2 else other).deposit(fresh, COR) for i in range(10)))
+            assert await ledger.balance(fresh) == 10 * COR
+    finally:
+        await other.close()
+    assert (await ledger.verify()).ok

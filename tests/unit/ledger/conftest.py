@@ -7,9 +7,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from ledger_helpers import FakeClock, addr
 
 from hivemesh.ledger import COR, Ledger, StakePools
+
+from .ledger_helpers import FakeClock, addr
 
 POOLS = StakePools({0: 0, 1: 1_000 * COR, 2: 2_000 * COR, 3: 4_000 * COR})
 

@@ -7,11 +7,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from ledger_helpers import FakeClock
 
 from hivemesh.errors import AuthenticationFailed, NotFound
 from hivemesh.ledger import Ledger
 from hivemesh.ledger.db import Database
+
+from .ledger_helpers import FakeClock
 
 
 async def test_a_new_key_authenticates_as_its_account(ledger: Ledger, user: str) -> None:

@@ -6,11 +6,12 @@ import asyncio
 from typing import Any
 
 import pytest
-from ledger_helpers import addr, bad_checksum
 
 from hivemesh.errors import InsufficientFunds, LedgerError, NotFound
 from hivemesh.ledger import COR, TREASURY, WORLD, Ledger
-from hivemesh.ledger.book import Book
+from hivemesh.ledger.book import Book, RetryTransaction
+
+from .ledger_helpers import addr, bad_checksum
 
 
 async def test_deposit_then_withdraw_moves_money_to_and_from_world(ledger: Ledger, user: str) -> None:
@@ -224,3 +225,41 @@ async def test_a_crash_mid_call_leaves_nothing_behind(
 async def test_account_view(ledger: Ledger, miner: str) -> None:
     view = await ledger.account(miner)
     assert (view.balance, view.staked, view.unstaking.amount, view.earned, view.pool) == (0, 0, 0, 0, None)
+
+
+async def test_a_transaction_the_database_wants_retried_runs_again_from_the_start(
+    ledger: Ledger, user: str, miner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await ledger.deposit(user, 10 * COR)
+    await ledger.fund_session("s1", user, 5 * COR)
+    await ledger.reserve("s1", "t1", 2 * COR)
+    original, calls = Book.lock, 0
+
+    async def flaky(self: Book, names: Any) -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RetryTransaction("another transaction created an account first")
+        return await original(self, names)
+
+    monkeypatch.setattr(Book, "lock", flaky)
+    settlement = await ledger.settle("t1", {miner: COR})
+    assert calls == 2 and not settlement.replayed  # the first attempt, hold update included, was rolled back
+    assert await ledger.balance(miner) == COR
+    assert (await ledger.verify()).entries_checked == 3 + 2
+
+
+@pytest.mark.parametrize("reason", ["x" * 1001, "nul\x00byte", "lone \udc80 surrogate"])
+async def test_reasons_are_bounded_text(ledger: Ledger, user: str, reason: str) -> None:
+    with pytest.raises(LedgerError, match="reason"):
+        await ledger.deposit(user, COR, reason=reason)
+    await ledger.deposit(user, COR, reason="ünïcode is fine ✓")
+    assert (await ledger.verify()).ok
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///x.db", "postgresql://h/db", "sqlite+aiosqlite:///:memory:", "mysql+aiomysql://h/db"]
+)
+async def test_only_sqlite_files_and_asyncpg_are_accepted(url: str) -> None:
+    with pytest.raises(LedgerError, match="sqlite"):
+        await Ledger.open(url)

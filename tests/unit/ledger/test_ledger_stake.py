@@ -6,10 +6,11 @@ from datetime import timedelta
 from fractions import Fraction
 
 import pytest
-from ledger_helpers import FakeClock
 
 from hivemesh.errors import InsufficientFunds, LedgerError, NotFound
 from hivemesh.ledger import COR, REWARD_POOL, TREASURY, Ledger
+
+from .ledger_helpers import FakeClock
 
 
 async def test_stake_counts_toward_pools(ledger: Ledger, miner: str) -> None:

@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from ledger_helpers import FakeClock
 
 from hivemesh.ledger import COR, Ledger
+
+from .ledger_helpers import FakeClock
 
 
 def tamper(db_path: Path, *statements: str) -> None:

@@ -10,10 +10,11 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ledger_helpers import addr
 
 from hivemesh.errors import HivemeshError, LedgerError, LedgerIntegrityError, NotFound
 from hivemesh.ledger import COR, REWARD_POOL, TREASURY, Ledger
+
+from .ledger_helpers import addr
 
 USERS = [addr(i) for i in range(3)]
 MINERS = [addr(100 + i) for i in range(2)]

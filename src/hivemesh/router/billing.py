@@ -1,0 +1,159 @@
+"""Billing: turns tasks into ledger movements (reserve before, settle after), slashes proven cheats.
+
+Pricing rule (documented on purpose, because money depends on it):
+
+* A model has a price per 1,000 prompt tokens and per 1,000 completion tokens (in the smallest unit, 10**-18 COR).
+* Before a task runs, the router reserves its worst case from the session's escrow:
+  ``k * price(prompt_bound, max_tokens)`` where ``prompt_bound`` is the prompt's UTF-8 byte count plus a template
+  allowance (a token is at least one byte), so a task can never cost more than it reserved and concurrent requests
+  can never overspend an escrow. A key's default session is topped up from the owner's balance as needed.
+* A ``verified`` (or ``unverified``, k=1) task costs ``k * price(answer's usage)``: the user pays for the
+  redundancy the session asked for. A treasury fee (``fee_bps``) is taken from it and the rest is split equally
+  among the miners in consensus; dissenters, miners that timed out and cheats get nothing. A ``disputed`` or failed
+  task costs nothing: its hold is released.
+* A proven cheat (a reveal that does not match its precommit, a stream that does not match its commit, a forged
+  signature) is slashed ``slash_fraction`` of its stake, to the treasury.
+
+Owners that are not ledger accounts (the router's own static keys) are not billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from hivemesh.config import COR, BillingConfig, Price
+from hivemesh.errors import InsufficientFunds, LedgerError, NotFound, PaymentRequired
+from hivemesh.router.domain import Outcome, TaskSpec
+
+log = logging.getLogger(__name__)
+
+CHEATS = frozenset({"bad_reveal", "stream_mismatch", "bad_signature"})
+TEMPLATE_ALLOWANCE = 64  # tokens a chat template may add around the messages
+
+
+def billed(owner: str) -> bool:
+    return owner.startswith("0x") and len(owner) == 42
+
+
+def prompt_bound(spec: TaskSpec) -> int:
+    text = spec.prompt if spec.kind == "completion" else "".join(m.content for m in spec.messages)
+    return len(text.encode()) + TEMPLATE_ALLOWANCE + 4 * len(spec.messages)
+
+
+class Billing:
+    def __init__(self, ledger: Any, config: BillingConfig) -> None:
+        self.ledger = ledger
+        self.config = config
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def price(self, model: str) -> Price:
+        return self.config.prices.get(model, self.config.default_price)
+
+    def worst_case(self, spec: TaskSpec) -> int:
+        return spec.session.redundancy * self.price(spec.model).of(prompt_bound(spec), spec.params.max_tokens)
+
+    def charge(self, spec: TaskSpec, outcome: Outcome, k: int) -> int:
+        """What the user pays for an answered task (0 when disputed)."""
+        if outcome.verdict == "disputed" or not billed(spec.session.owner):
+            return 0
+        return k * self.price(spec.model).of(outcome.usage.prompt_tokens, outcome.usage.completion_tokens)
+
+    async def reserve(self, spec: TaskSpec, *, default_session: bool) -> int:
+        """Hold the task's worst case; raise PaymentRequired (402) if the money is not there."""
+        owner = spec.session.owner
+        if not billed(owner):
+            return 0
+        amount = self.worst_case(spec)
+        if amount == 0:
+            return 0
+        try:
+            await self.ledger.reserve(spec.session.id, spec.id, amount)
+            return amount
+        except (InsufficientFunds, NotFound):  # not enough escrow, or none opened yet
+            if not default_session:
+                raise PaymentRequired(
+                    f"session {spec.session.id} has not enough escrow for this request (needs {fmt(amount)} COR); "
+                    "fund it with POST /api/v1/sessions/{id}/deposit"
+                ) from None
+        try:
+            shortfall = amount - await self.ledger.escrow_balance(spec.session.id)
+        except NotFound:
+            shortfall = amount
+        try:
+            if shortfall > 0:
+                await self.ledger.fund_session(
+                    spec.session.id, owner, shortfall, reason="top-up for a request"
+                )
+            await self.ledger.reserve(spec.session.id, spec.id, amount)
+        except InsufficientFunds:
+            raise PaymentRequired(
+                f"account {owner} has not enough balance for this request (needs up to {fmt(amount)} COR)"
+            ) from None
+        return amount
+
+    def settle_later(self, spec: TaskSpec, outcome: Outcome | None, k: int) -> None:
+        """Settle (or release) a finished task in the background; idempotent in the ledger."""
+        t = asyncio.create_task(self.settle(spec, outcome, k), name=f"settle-{spec.id}")
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def settle(self, spec: TaskSpec, outcome: Outcome | None, k: int) -> int:
+        if not billed(spec.session.owner) or self.worst_case(spec) == 0:
+            return 0
+        try:
+            charge = self.charge(spec, outcome, k) if outcome is not None else 0
+            if charge == 0 or outcome is None or not outcome.consensus:
+                await self.ledger.release(spec.id, reason="no verified answer")
+                return 0
+            fee = charge * self.config.fee_bps // 10_000
+            share, rest = divmod(charge - fee, len(outcome.consensus))
+            payouts = {node: share for node in outcome.consensus}
+            settlement = await self.ledger.settle(spec.id, payouts, treasury_fee=fee + rest)
+            return int(settlement.charged)
+        except LedgerError:
+            log.exception("settlement failed task_id=%s (the hold stays; it is settled on restart)", spec.id)
+            return 0
+
+    async def settle_recorded(self, task_id: str, owner: str, result: dict[str, Any]) -> None:
+        """Settle a task answered before a restart, from its recorded verification block."""
+        if not billed(owner):
+            return
+        charge, consensus = int(result.get("cost") or 0), list(result.get("consensus") or [])
+        try:
+            if charge == 0 or not consensus:
+                await self.ledger.release(task_id, reason="no verified answer")
+                return
+            fee = charge * self.config.fee_bps // 10_000
+            share, rest = divmod(charge - fee, len(consensus))
+            await self.ledger.settle(task_id, {n: share for n in consensus}, treasury_fee=fee + rest)
+        except (LedgerError, NotFound):
+            log.exception("settlement on recovery failed task_id=%s", task_id)
+
+    async def slash(self, node: str, kind: str, task_id: str | None) -> int:
+        if kind not in CHEATS:
+            return 0
+        try:
+            amount = int(
+                await self.ledger.slash(node, self.config.slash_fraction, reason=kind, task_id=task_id)
+            )
+        except LedgerError as exc:
+            log.warning("slash failed node=%s kind=%s error=%s", node, kind, exc.message)
+            return 0
+        log.warning("node slashed node=%s kind=%s amount=%s task_id=%s", node, kind, amount, task_id)
+        return amount
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def fmt(amount: int) -> str:
+    """An amount in the smallest unit as a decimal COR string."""
+    whole, frac = divmod(amount, COR)
+    return f"{whole}.{frac:018d}".rstrip("0").rstrip(".") if frac else str(whole)
+
+
+def cor(amount: int) -> float:
+    return amount / COR
