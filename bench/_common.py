@@ -492,7 +492,7 @@ def _frame_parts(frame: str) -> tuple[str, str, str]:
 def summarize_collapsed(
     path: Path, top: int = 25
 ) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
-    """-> (samples, [(file:line func, self %)], [(file:func, inclusive %)])."""
+    """-> (samples, [(file:line func, self %)], [(file:line func, inclusive %)])."""
     self_t: dict[str, int] = defaultdict(int)
     incl: dict[str, int] = defaultdict(int)
     total = 0
@@ -511,8 +511,10 @@ def summarize_collapsed(
         self_t[f"{file}:{ln} {func}"] += n
         seen: set[str] = set()
         for fr in frames:
-            f, fl, _ = _frame_parts(fr)
-            key = f"{fl} {f}"
+            f, fl, fln = _frame_parts(fr)
+            key = (
+                f"{fl}:{fln} {f}"  # the line in that function that was running (a call site, above the leaf)
+            )
             if key not in seen:
                 seen.add(key)
                 incl[key] += n
@@ -562,7 +564,11 @@ def categorize(path: Path) -> tuple[int, list[tuple[str, float]]]:
 
 
 def profile_tables(
-    name: str, path: Path, top: int = 20, focus: tuple[str, ...] = ("hivemesh/",)
+    name: str,
+    path: Path,
+    top: int = 20,
+    focus: tuple[str, ...] = ("hivemesh/",),
+    exclude: tuple[str, ...] = ("hivemesh/cli/", "RouterService.submit.<locals>.drive", "TaskRun.run"),
 ) -> list[Table]:
     total, selfs, incls = summarize_collapsed(path, top)
     _, cats = categorize(path)
@@ -576,12 +582,12 @@ def profile_tables(
     t1.add_column("file:line function")
     for k, v in selfs:
         t1.add_row(f"{v:.1f}", k)
-    t2 = Table(title=f"{name}: inclusive time of functions in {', '.join(focus)}")
+    t2 = Table(title=f"{name}: inclusive time by line in {', '.join(focus)} (call sites of the cost)")
     t2.add_column("incl %", justify="right")
-    t2.add_column("file function")
+    t2.add_column("file:line function")
     shown = 0
     for k, v in incls:
-        if any(f in k for f in focus) and shown < top:
+        if any(f in k for f in focus) and not any(x in k for x in exclude) and shown < top:
             t2.add_row(f"{v:.1f}", k)
             shown += 1
     return [t0, t1, t2]

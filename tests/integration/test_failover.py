@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import openai
 import pytest
 
 from hivemesh.config import SessionDefaults
@@ -138,3 +139,21 @@ def test_real_miner_process_killed_mid_generation(network: Network, tmp_path: Pa
         for p in procs.values():
             p.kill()
             p.wait()
+
+
+def test_a_stream_that_breaks_ends_with_an_error_event(network: Network) -> None:
+    """Nobody left to finish the stream: the client gets an SSE error, never a silent truncated success."""
+    network.start_router(defaults=SessionDefaults(redundancy=1, quorum=1, mode="none"))
+    network.add_miner("only", engine_obj=InstantEngine(tokens=40, token_delay_s=0.03))
+    stream = network.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "break me"}], stream=True
+    )
+    got = 0
+    with pytest.raises(openai.APIError) as ei:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                got += 1
+                if got == 3:
+                    network.kill_miner("only")
+    assert got >= 3
+    assert "no miner completed the task" in str(ei.value)

@@ -167,7 +167,7 @@ class LlamaCppEngine:
         ):
             if stop_flag.is_set():
                 raise _Cancelled
-            if C.llama_token_is_eog(llm._model.vocab, tok):
+            if C.llama_vocab_is_eog(llm._model.vocab, tok):
                 finish = "stop"
                 break
             out.append(tok)
