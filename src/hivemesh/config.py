@@ -48,11 +48,15 @@ class Price:
 
 @dataclass(frozen=True, slots=True)
 class BillingConfig:
-    default_price: Price = Price(COR // 100, COR // 50)  # 0.01 COR / 1k prompt tokens, 0.02 COR / 1k completion
+    default_price: Price = Price(
+        COR // 100, COR // 50
+    )  # 0.01 COR / 1k prompt tokens, 0.02 COR / 1k completion
     prices: dict[str, Price] = field(default_factory=dict)  # per model, overrides the default
     fee_bps: int = 500  # treasury fee: 5% of each charge
     slash_fraction: float = 0.10  # share of a node's stake taken per proven cheat
-    stake_pools: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 1_000 * COR, 2: 2_000 * COR, 3: 4_000 * COR})
+    stake_pools: dict[int, int] = field(
+        default_factory=lambda: {0: 0, 1: 1_000 * COR, 2: 2_000 * COR, 3: 4_000 * COR}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +71,9 @@ class RouterConfig:
     semantic: bool = True  # load the embedding model (semantic validation, /v1/embeddings)
     ledger_url: str | None = None  # default: SQLite file ledger.db in data_dir
     billing: BillingConfig = field(default_factory=BillingConfig)
-    validators: tuple[str, ...] = ()  # addresses allowed on the network API; empty: validators.txt in data_dir
+    validators: tuple[
+        str, ...
+    ] = ()  # addresses allowed on the network API; empty: validators.txt in data_dir
 
     @property
     def db_url(self) -> str:

@@ -37,7 +37,9 @@ def test_sampling_with_the_same_seed_repeats_and_another_seed_differs(net: Netwo
     c = net.client()
     msgs = [{"role": "user", "content": "Write one sentence about the sea."}]
     outs = [
-        c.chat.completions.create(model=MODEL, messages=msgs, temperature=1.2, top_p=0.95, seed=s, max_tokens=30)
+        c.chat.completions.create(
+            model=MODEL, messages=msgs, temperature=1.2, top_p=0.95, seed=s, max_tokens=30
+        )
         .choices[0]
         .message.content
         for s in (5, 5, 6)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import re
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -42,7 +42,18 @@ def _read_exports(proc: subprocess.Popen[str], timeout: float) -> dict[str, str]
 def test_up_starts_a_verified_network_and_stops_cleanly(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hivemesh.cli.main", "up", "--miners", "3", "--port", "0", "--data-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "hivemesh.cli.main",
+            "up",
+            "--miners",
+            "3",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -50,7 +61,9 @@ def test_up_starts_a_verified_network_and_stops_cleanly(tmp_path: Path) -> None:
     )
     try:
         exports = _read_exports(proc, timeout=240)
-        client = openai.OpenAI(base_url=exports["OPENAI_BASE_URL"], api_key=exports["OPENAI_API_KEY"], max_retries=0)
+        client = openai.OpenAI(
+            base_url=exports["OPENAI_BASE_URL"], api_key=exports["OPENAI_API_KEY"], max_retries=0
+        )
         assert MODEL in [m.id for m in client.models.list()]
         r = client.chat.completions.create(
             model=MODEL,

@@ -181,7 +181,13 @@ class MinerAgent:
                 await ws.send(wire.encode(self._signed(pre, nonce)))
                 await asyncio.wait_for(job.reveal.wait(), a.deadline_ms / 1000 + REVEAL_GRACE_S)
             commit = wire.Commit(
-                task_id=tid, node=node, usage=usage, output=output, salt=salt.hex(), finish_reason=fin, elapsed_ms=elapsed
+                task_id=tid,
+                node=node,
+                usage=usage,
+                output=output,
+                salt=salt.hex(),
+                finish_reason=fin,
+                elapsed_ms=elapsed,
             )
             await ws.send(wire.encode(self._signed(commit, nonce)))
             self.served += 1
