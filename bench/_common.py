@@ -437,43 +437,36 @@ def run_load(
 
 @contextlib.contextmanager
 def py_spy(
-    pid: int, out: Path, duration: float, rate: int = 250, gil: bool = True
+    pid: int, out: Path, duration: float | None = None, rate: int = 250, gil: bool = True
 ) -> Iterator[subprocess.Popen[bytes] | None]:
-    """Record collapsed stacks of ``pid`` (py-spy ``--format raw``) for ``duration`` seconds, if py-spy exists.
-    With ``gil`` only the thread holding the GIL is sampled: Python CPU time, not threads parked in a queue."""
+    """Record collapsed stacks of ``pid`` (py-spy ``--format raw``) for ``duration`` seconds, or (None) until
+    the block ends, if py-spy exists. With ``gil`` only the thread holding the GIL is sampled: the Python CPU
+    time, not threads parked in a queue."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists():
         console.print("[yellow]py-spy not found: pip install py-spy (profiling skipped)")
         yield None
         return
-    p = subprocess.Popen(
-        [
-            exe,
-            "record",
-            "-p",
-            str(pid),
-            "-r",
-            str(rate),
-            "-d",
-            str(int(duration + 0.999)),
-            "-f",
-            "raw",
-            "-o",
-            str(out),
-            *(["--gil"] if gil else []),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    argv = [exe, "record", "-p", str(pid), "-r", str(rate), "-f", "raw", "-o", str(out)]
+    if duration is not None:
+        argv += ["-d", str(int(duration + 0.999))]
+    if gil:
+        argv.append("--gil")
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        time.sleep(0.3)  # let it attach
+        time.sleep(0.5)  # let it attach
         yield p
     finally:
+        if duration is None and p.poll() is None:
+            p.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
         try:
-            p.wait(duration + 15)
+            p.wait((duration or 0) + 15)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+        if p.returncode not in (0, None) and not (out.exists() and out.stat().st_size):
+            err = p.stderr.read().decode(errors="replace")[-300:] if p.stderr else ""
+            console.print(f"[yellow]py-spy on pid {pid} failed (rc {p.returncode}): {err}")
 
 
 def _frame_parts(frame: str) -> tuple[str, str, str]:

@@ -10,6 +10,8 @@ and ``temperature=0``, the same llama.cpp ``--threads``:
 Runs alternate direct / network (prompt by prompt) so drift and cache effects hit both alike. TTFT is measured
 to the first non-empty text; token counts are the engine's own usage (network: the final usage chunk).
 tokens/s: ``decode`` = (tokens-1) / (last token - first token); ``end-to-end`` = tokens / (last token - request).
+Besides the medians of each path, the medians of the per-pair differences/ratios are shown (more robust on a
+shared machine), and the CPU each process spent per token (router, miner vs direct engine, client).
 
     python -m bench.streaming [--threads 2] [--runs 9] [--max-tokens 128]
 """
@@ -30,6 +32,7 @@ from typing import Any
 from rich.table import Table
 
 from bench._common import (
+    BENCH_KEY,
     Procs,
     StartupFailed,
     Summary,
@@ -37,6 +40,8 @@ from bench._common import (
     free_port,
     hivemesh_argv,
     ms,
+    profile_tables,
+    py_spy,
     router_data_dir,
     wait_healthz,
     warn_if_busy,
@@ -135,6 +140,13 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--json", type=Path, help="write the figures to this file")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="afterwards, py-spy the router and miner over a few network runs",
+    )
+    ap.add_argument("--profile-runs", type=int, default=3)
+    ap.add_argument("--profile-out", type=Path, help="keep py-spy's collapsed stacks here")
     args = ap.parse_args()
 
     import openai
@@ -144,6 +156,14 @@ def main() -> int:
 
     busy = warn_if_busy()
     runs: list[Run] = []
+    profiles: list[tuple[str, Path]] = []
+    prof_tables: list[Table] = []
+    cpu = {
+        "direct (this process)": 0.0,
+        "router": 0.0,
+        "miner": 0.0,
+        "client (openai SDK, this process)": 0.0,
+    }
     with (
         tempfile.TemporaryDirectory(prefix="hivemesh-bench-") as tmp_s,
         Procs(Path(tmp_s)) as procs,
@@ -154,16 +174,14 @@ def main() -> int:
         try:
             t0 = time.monotonic()
             rport = free_port()
+            router_args = ["--port", str(rport), "--data-dir", str(router_data_dir(tmp / "router"))]
             router = procs.start(
                 "router",
                 hivemesh_argv(
                     "router",
                     "--host",
                     HOST,
-                    "--port",
-                    str(rport),
-                    "--data-dir",
-                    str(router_data_dir(tmp / "router")),
+                    *router_args,
                     "-k",
                     "1",
                     "-m",
@@ -177,17 +195,10 @@ def main() -> int:
             miner = procs.start(
                 "miner",
                 hivemesh_argv(
-                    "miner",
-                    "--router",
-                    f"http://{HOST}:{rport}",
-                    "--engine",
-                    "llama",
-                    "--threads",
-                    str(args.threads),
-                    "--data-dir",
-                    str(tmp / "miner"),
+                    "miner", "--router", f"http://{HOST}:{rport}", "--engine", "llama",
+                    "--threads", str(args.threads), "--data-dir", str(tmp / "miner"),
                 ),
-            )
+            )  # fmt: skip
             loop.run(engine.start())  # loads while the miner loads
             wait_healthz(HOST, rport, [router, miner], min_miners=1, timeout=180)
             console.print(
@@ -195,7 +206,7 @@ def main() -> int:
                 f"(threads={args.threads}, model {DEFAULT_MODEL_ID})"
             )
             client = openai.OpenAI(
-                base_url=f"http://{HOST}:{rport}/v1", api_key="sk-bench", max_retries=0, timeout=120
+                base_url=f"http://{HOST}:{rport}/v1", api_key=BENCH_KEY, max_retries=0, timeout=120
             )
 
             def one(i: int, measured: bool) -> None:
@@ -203,12 +214,19 @@ def main() -> int:
                 k = i % len(PROMPTS)
                 res: dict[str, Run] = {}
                 for path in ("direct", "network") if i % 2 else ("network", "direct"):
+                    c0, r0, m0 = time.process_time(), router.cpu_seconds(), miner.cpu_seconds()
                     if path == "direct":
                         res[path] = loop.run(direct_once(engine, PROMPTS[k], args.seed, args.max_tokens, k))
                     else:
                         res[path] = network_once(
                             client, DEFAULT_MODEL_ID, PROMPTS[k], args.seed, args.max_tokens, k
                         )
+                    if measured and path == "direct":
+                        cpu["direct (this process)"] += time.process_time() - c0
+                    elif measured:
+                        cpu["client (openai SDK, this process)"] += time.process_time() - c0
+                        cpu["router"] += router.cpu_seconds() - r0
+                        cpu["miner"] += miner.cpu_seconds() - m0
                 d, n = res["direct"], res["network"]
                 same = "same text" if d.text == n.text else "[yellow]TEXT DIFFERS"
                 tag = f"run {i + 1}" if measured else "warm-up"
@@ -226,6 +244,21 @@ def main() -> int:
             for p in (router, miner):
                 if not p.alive():
                     console.print(f"[red]{p.name} died:\n{p.tail()}")
+            if args.profile:
+                out = args.profile_out or tmp / "profile"
+                out.mkdir(parents=True, exist_ok=True)
+                console.print(
+                    f"profiling router and miner over {args.profile_runs} network runs (py-spy) ..."
+                )
+                with py_spy(router.pid, out / "router.txt"), py_spy(miner.pid, out / "miner.txt"):
+                    for i in range(args.profile_runs):
+                        k = i % len(PROMPTS)
+                        network_once(client, DEFAULT_MODEL_ID, PROMPTS[k], args.seed, args.max_tokens, k)
+                for name in ("router", "miner"):
+                    f = out / f"{name}.txt"
+                    if f.exists() and f.stat().st_size:
+                        profiles.append((name, f))
+                        prof_tables.extend(profile_tables(name, f))
         except StartupFailed as exc:
             console.print(f"[red]startup failed: {exc}")
             return 2
@@ -238,71 +271,100 @@ def main() -> int:
     dt_ttft, nt_ttft = Summary.of([r.ttft_ms for r in d]), Summary.of([r.ttft_ms for r in n])
     dt_dec, nt_dec = Summary.of([r.decode_tps for r in d]), Summary.of([r.decode_tps for r in n])
     dt_e2e, nt_e2e = Summary.of([r.e2e_tps for r in d]), Summary.of([r.e2e_tps for r in n])
+    pair_ttft = Summary.of([b.ttft_ms - a.ttft_ms for a, b in zip(d, n, strict=True)])
+    pair_dec = Summary.of([b.decode_tps / a.decode_tps for a, b in zip(d, n, strict=True)])
+    pair_e2e = Summary.of([b.e2e_tps / a.e2e_tps for a, b in zip(d, n, strict=True)])
     same = sum(1 for a, b in zip(d, n, strict=True) if a.text == b.text and a.tokens == b.tokens)
 
     tb = Table(
         title=f"streaming, SmolLM2-135M-Instruct, threads={args.threads}, max_tokens={args.max_tokens}, "
-        f"temperature 0, {len(d)} runs per path (p50 unless noted)"
+        f"temperature 0, {len(d)} runs per path"
     )
-    for col in ("metric", "direct (in-process)", "network (router+miner, openai SDK)", "added / ratio"):
+    for col in (
+        "metric",
+        "direct (in-process)",
+        "network (router+miner, openai SDK)",
+        "added / ratio",
+        "paired p50",
+    ):
         tb.add_column(col, justify="left" if col == "metric" else "right")
     tb.add_row(
-        "TTFT p50 (ms)", ms(dt_ttft.p50, 1), ms(nt_ttft.p50, 1), f"+{nt_ttft.p50 - dt_ttft.p50:.1f} ms"
+        "TTFT p50 (ms)", ms(dt_ttft.p50, 1), ms(nt_ttft.p50, 1), f"{nt_ttft.p50 - dt_ttft.p50:+.1f} ms",
+        f"{pair_ttft.p50:+.1f} ms",
+    )  # fmt: skip
+    tb.add_row(
+        "TTFT p90 (ms)", ms(dt_ttft.p90, 1), ms(nt_ttft.p90, 1), f"{nt_ttft.p90 - dt_ttft.p90:+.1f} ms", ""
     )
     tb.add_row(
-        "TTFT p90 (ms)", ms(dt_ttft.p90, 1), ms(nt_ttft.p90, 1), f"+{nt_ttft.p90 - dt_ttft.p90:.1f} ms"
-    )
+        "decode tokens/s p50", f"{dt_dec.p50:.1f}", f"{nt_dec.p50:.1f}", f"{nt_dec.p50 / dt_dec.p50:.3f}",
+        f"{pair_dec.p50:.3f}",
+    )  # fmt: skip
     tb.add_row(
-        "decode tokens/s p50", f"{dt_dec.p50:.1f}", f"{nt_dec.p50:.1f}", f"{nt_dec.p50 / dt_dec.p50:.3f}"
-    )
-    tb.add_row(
-        "end-to-end tokens/s p50", f"{dt_e2e.p50:.1f}", f"{nt_e2e.p50:.1f}", f"{nt_e2e.p50 / dt_e2e.p50:.3f}"
-    )
+        "end-to-end tokens/s p50", f"{dt_e2e.p50:.1f}", f"{nt_e2e.p50:.1f}", f"{nt_e2e.p50 / dt_e2e.p50:.3f}",
+        f"{pair_e2e.p50:.3f}",
+    )  # fmt: skip
     tb.add_row(
         "completion tokens (mean)",
         f"{sum(r.tokens for r in d) / max(1, len(d)):.1f}",
         f"{sum(r.tokens for r in n) / max(1, len(n)):.1f}",
         f"identical output {same}/{len(d)}",
+        "",
     )
     console.print(tb)
 
+    tokens_d = max(1, sum(r.tokens for r in d))
+    tokens_n = max(1, sum(r.tokens for r in n))
+    ct = Table(title="CPU per generated token (all measured runs)")
+    ct.add_column("process")
+    ct.add_column("CPU ms / token", justify="right")
+    for name, sec in cpu.items():
+        ct.add_row(name, f"{sec * 1000 / (tokens_d if name.startswith('direct') else tokens_n):.2f}")
+    overhead = (cpu["router"] + cpu["miner"] + cpu["client (openai SDK, this process)"]) / tokens_n - cpu[
+        "direct (this process)"
+    ] / tokens_d
+    ct.add_row("network extra (router + miner + client - direct)", f"{overhead * 1000:+.2f}")
+    console.print(ct)
+
     added = nt_ttft.p50 - dt_ttft.p50
     ratio = nt_dec.p50 / dt_dec.p50
-    verdict = Table(title="targets")
+    verdict = Table(title="targets (medians of each path; paired medians in brackets)")
     for col in ("metric", "measured", "target", "met"):
         verdict.add_column(col, justify="left" if col == "metric" else "right")
     verdict.add_row(
-        "network / direct tokens/s (decode, p50)",
-        f"{ratio:.3f}",
+        "network / direct tokens/s (decode)",
+        f"{ratio:.3f} [{pair_dec.p50:.3f}]",
         f"≥ {RATIO_TARGET}",
         "yes" if ratio >= RATIO_TARGET else "NO",
     )
     verdict.add_row(
-        "added TTFT p50",
-        f"{added:.1f} ms",
+        "added TTFT",
+        f"{added:+.1f} ms [{pair_ttft.p50:+.1f}]",
         f"≤ {TTFT_TARGET_MS:.0f} ms",
         "yes" if added <= TTFT_TARGET_MS else "NO",
     )
     console.print(verdict)
+    for t in prof_tables:
+        console.print(t)
+    if profiles and args.profile_out:
+        console.print(f"collapsed stacks kept in {args.profile_out}")
 
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "date": dt.datetime.now().isoformat(timespec="seconds"),
-                    "cpus": os.cpu_count(),
-                    "threads": args.threads,
-                    "ttft_ms": {"direct": vars(dt_ttft), "network": vars(nt_ttft)},
-                    "decode_tps": {"direct": vars(dt_dec), "network": vars(nt_dec)},
-                    "e2e_tps": {"direct": vars(dt_e2e), "network": vars(nt_e2e)},
-                    "identical": same,
-                    "runs": len(d),
-                    "machine_busy_before_pct": busy,
-                    "targets_met": {"ratio": ratio >= RATIO_TARGET, "ttft": added <= TTFT_TARGET_MS},
-                },
-                indent=2,
-            )
-        )
+        out = {
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "machine_busy_before_pct": busy,
+            "ttft_ms": {"direct": vars(dt_ttft), "network": vars(nt_ttft), "paired_added": vars(pair_ttft)},
+            "decode_tps": {"direct": vars(dt_dec), "network": vars(nt_dec), "paired_ratio": vars(pair_dec)},
+            "e2e_tps": {"direct": vars(dt_e2e), "network": vars(nt_e2e), "paired_ratio": vars(pair_e2e)},
+            "cpu_ms_per_token": {
+                k: v * 1000 / (tokens_d if k.startswith("direct") else tokens_n) for k, v in cpu.items()
+            },
+            "identical": same,
+            "runs": len(d),
+            "targets_met": {"ratio": ratio >= RATIO_TARGET, "ttft": added <= TTFT_TARGET_MS},
+        }
+        args.json.write_text(json.dumps(out, indent=2))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
@@ -142,6 +143,7 @@ def validator(
     from hivemesh.validator.config import ValidatorConfig
 
     setup_logging(log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per signed call is noise
     if checks not in CHECK_SETS:
         raise typer.BadParameter(f"checks must be one of {', '.join(CHECK_SETS)}")
     cfg = ValidatorConfig(checks=CHECK_SETS[checks], ping_every_s=ping_every, l2_every_s=l2_every)

@@ -105,7 +105,8 @@ class Oracle:
             self.service.store.node_event(node, "offline", None, why)
             log.warning("node offline node=%s reason=%s", node, why)
             del self._misses[node]
-            await self.hub.disconnect(node, why)
+            if self.hub.links.get(node) is link:  # not a newer connection of the same node
+                await self.hub.disconnect(node, why)
         return PingReply(ok=False, misses=misses.count, offline=offline)
 
     # ------------------------------------------------------------------ L2 capability and canary tasks

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, update
+from sqlalchemy import delete, insert, update
 
 from hivemesh.core.agreement import Decision, Reveal, decide
 from hivemesh.core.reputation import Counters
@@ -221,6 +221,12 @@ class TaskRun:
         )
         assign = assign.model_copy(
             update={"sig": self.identity.sign(wire.signing_payload(assign, slot.link.nonce))}
+        )
+        # a task re-dispatched after a restart may meet the same node again: its old slot record gives way
+        self._submit(
+            delete(s.assignments).where(
+                s.assignments.c.task_id == self.spec.id, s.assignments.c.node == slot.node
+            )
         )
         self._submit(
             insert(s.assignments).values(

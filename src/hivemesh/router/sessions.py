@@ -6,6 +6,7 @@ sessions are created through the Session API. Sessions are cached in memory afte
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
@@ -112,6 +113,7 @@ class Sessions:
         self.store = store
         self.defaults = defaults
         self._cache: dict[str, SessionSpec] = {}
+        self._creating: dict[str, asyncio.Lock] = {}
 
     def template(self, owner: str) -> SessionSpec:
         d = self.defaults
@@ -154,6 +156,12 @@ class Sessions:
 
     async def default_for(self, owner: str) -> SessionSpec:
         sid = "ses_default_" + hashlib.sha256(owner.encode()).hexdigest()[:20]
+        if (hit := self._cache.get(sid)) is not None:
+            return hit
+        async with self._creating.setdefault(sid, asyncio.Lock()):  # one creator per owner in this process
+            return await self._default(owner, sid)
+
+    async def _default(self, owner: str, sid: str) -> SessionSpec:
         try:
             return await self.get(sid)
         except NotFound:

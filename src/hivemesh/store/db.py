@@ -85,17 +85,29 @@ class Store:
                             await conn.execute(stmt, params) if params is not None else await conn.execute(
                                 stmt
                             )
-                except Exception as exc:
-                    log.exception("store batch failed size=%d", len(batch))
-                    for _, _, fut in batch:
-                        if fut is not None and not fut.done():
-                            fut.set_exception(exc)
+                except Exception:
+                    # one bad statement must not take the others down: redo them one transaction each
+                    log.warning("store batch failed, retrying its %d statements one by one", len(batch))
+                    await self._write_each(batch)
                 else:
                     for _, _, fut in batch:
                         if fut is not None and not fut.done():
                             fut.set_result(None)
             if self._closing and not self._pending:
                 return
+
+    async def _write_each(self, batch: list[tuple[Executable, Any, asyncio.Future[None] | None]]) -> None:
+        for stmt, params, fut in batch:
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.execute(stmt, params) if params is not None else await conn.execute(stmt)
+            except Exception as exc:
+                log.warning("store write failed error=%s", str(exc).splitlines()[0][:300])
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
+            else:
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
 
     # ------------------------------------------------------------------ reads
 
