@@ -228,6 +228,7 @@ def part_detection(url: str, roles: dict[str, str], tasks: int) -> list[list[str
     samples: list[list[str]] = []
     with httpx.Client(base_url=url, headers={"authorization": f"Bearer {BENCH_KEY}"}, timeout=120) as c:
         sid = session(c, redundancy=3, quorum=2, mode="semantic")
+        started = time.time()
         for i in range(tasks):
             out = ask(c, sid, PROMPTS[i % len(PROMPTS)] + f" ({i})", max_tokens=24)
             block = out["hivemesh"]
@@ -275,7 +276,42 @@ def part_detection(url: str, roles: dict[str, str], tasks: int) -> list[list[str
     )
     console.print(t)
     console.print(f"verdicts: {verdicts}")
+    node_report(url, roles, started)
     return samples
+
+
+def node_report(url: str, roles: dict[str, str], started: float) -> None:
+    """Each node's reputation after the run, and when (after how many seconds) a node was quarantined."""
+    t = Table(title="reputation after the run (24 h window)")
+    for col in (
+        "node",
+        "role",
+        "total",
+        "precommit",
+        "commit",
+        "agreement",
+        "level",
+        "quarantined",
+        "quarantined after",
+    ):
+        t.add_column(col, justify="right")
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for node, role in sorted(roles.items(), key=lambda kv: kv[1]):
+            d = c.get(f"/dashboard/api/nodes/{node}").json()
+            sc = d["scores"]
+            q_at = [e["at"] for e in d["events"] if e["kind"] == "quarantined"]
+            t.add_row(
+                node[:10] + "…",
+                role,
+                f"{sc['total']:.3f}",
+                f"{sc['precommit']:.3f}",
+                f"{sc['commit']:.3f}",
+                f"{sc['agreement']:.3f}",
+                str(d["level"]),
+                "yes" if d["quarantined"] else "no",
+                f"{min(q_at) - started:.1f} s" if q_at else "-",
+            )
+    console.print(t)
 
 
 def main() -> int:

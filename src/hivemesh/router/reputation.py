@@ -54,6 +54,7 @@ class Floors:
 
     min_total: float = 0.50
     min_precommit: float = 0.60
+    min_agreement: float = 0.50  # a node outvoted more often than not is no use, however punctual
     min_samples: int = 5
 
 
@@ -171,13 +172,12 @@ class Reputation:
     def _quarantined_now(self, node: str) -> bool:
         f = self.floors
         c = self.window(node)
-        return is_quarantined(
-            self.scores(node),
-            min_total=f.min_total,
-            min_precommit=f.min_precommit,
-            min_samples=f.min_samples,
-            assigned=c.assigned,
-        )
+        sc = self.scores(node)
+        if is_quarantined(
+            sc, min_total=f.min_total, min_precommit=f.min_precommit, min_samples=f.min_samples, assigned=c.assigned
+        ):
+            return True
+        return c.in_consensus + c.dissents >= f.min_samples and sc.agreement < f.min_agreement
 
     def is_quarantined(self, node: str) -> bool:
         return self.quarantine.get(node, False)
