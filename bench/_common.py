@@ -215,8 +215,13 @@ def machine_busy(seconds: float = 1.0) -> float:
     return 100.0 * (1 - (i1 - i0) / max(1, t1 - t0))
 
 
-def warn_if_busy(seconds: float = 1.0, limit: float = 10.0) -> float:
+def warn_if_busy(seconds: float = 1.0, limit: float = 10.0, wait: float = 0.0) -> float:
+    """Measure how busy the machine is before the benchmark starts; with ``wait`` > 0, first wait up to that many
+    seconds for it to be quiet (below ``limit`` % busy over ``seconds``)."""
+    deadline = time.monotonic() + wait
     busy = machine_busy(seconds)
+    while busy > limit and time.monotonic() < deadline:
+        busy = machine_busy(seconds)
     la = os.getloadavg()
     msg = f"machine before start: {busy:.0f}% CPU busy over {seconds:.0f}s, load average {la[0]:.2f} ({os.cpu_count()} CPUs)"
     if busy > limit:

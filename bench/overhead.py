@@ -313,10 +313,17 @@ def main() -> int:
     ap.add_argument("--profile-out", type=Path, help="keep py-spy's collapsed stacks here")
     ap.add_argument("--router-log-level", default="info")
     ap.add_argument("--json", type=Path, help="write the figures to this file")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds for an idle machine",
+    )
     args = ap.parse_args()
 
     body = request_body(args.max_tokens)
-    busy = warn_if_busy()
+    busy = warn_if_busy(wait=args.wait_quiet)
     results: dict[str, Any] = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),

@@ -141,6 +141,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--json", type=Path, help="write the figures to this file")
     ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds for an idle machine",
+    )
+    ap.add_argument(
         "--profile",
         action="store_true",
         help="afterwards, py-spy the router and miner over a few network runs",
@@ -154,7 +161,7 @@ def main() -> int:
 
     from hivemesh.engines.llamacpp import DEFAULT_MODEL_ID, LlamaCppEngine
 
-    busy = warn_if_busy()
+    busy = warn_if_busy(wait=args.wait_quiet)
     runs: list[Run] = []
     profiles: list[tuple[str, Path]] = []
     prof_tables: list[Table] = []

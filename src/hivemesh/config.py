@@ -54,6 +54,11 @@ class BillingConfig:
     prices: dict[str, Price] = field(default_factory=dict)  # per model, overrides the default
     fee_bps: int = 500  # treasury fee: 5% of each charge
     slash_fraction: float = 0.10  # share of a node's stake taken per proven cheat
+    epoch_s: int = 3600  # reward epoch: a node or validator is rewarded at most once per epoch
+    node_reward: int = (
+        COR // 10
+    )  # per epoch, to a node that passed a network (liveness/capability) task in it
+    validator_reward: int = COR // 10  # per epoch, to the validator that ran network tasks in it
     stake_pools: dict[int, int] = field(
         default_factory=lambda: {0: 0, 1: 1_000 * COR, 2: 2_000 * COR, 3: 4_000 * COR}
     )

@@ -45,3 +45,24 @@ def test_a_node_that_keeps_dissenting_is_quarantined_and_skipped(network: Networ
     rep = network.service.reputation
     assert rep.is_quarantined(rogue.address)
     assert rep.window(honest[0]).in_consensus >= 1
+
+
+def test_a_session_whose_sla_cannot_be_met_gets_503_with_the_reason(network: Network) -> None:
+    network.start_router()
+    network.add_miner("new")  # level 0: fits "low", not "high"
+    import httpx
+
+    from ..conftest import API_KEY
+
+    h = {"authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=network.url + "/api/v1", headers=h) as c:
+        high = c.post("/sessions", json={"sla": "high", "redundancy": 1, "quorum": 1, "mode": "none"}).json()[
+            "id"
+        ]
+        low = c.post("/sessions", json={"sla": "low", "redundancy": 1, "quorum": 1, "mode": "none"}).json()[
+            "id"
+        ]
+        r = c.post(f"/completions/{high}", json={"prompt": "x"})
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert "'high' SLA tier needs a miner at level >= 5" in r.json()["error"]["message"]
+        assert c.post(f"/completions/{low}", json={"prompt": "x"}).status_code == 200

@@ -518,3 +518,29 @@ def test_unsigned_forged_stale_and_replayed_calls_are_refused(net: Network) -> N
     assert httpx.get(net.url + PREFIX + "/nodes").status_code == 401
     ok = httpx.get(net.url + PREFIX + "/nodes", headers=signed_headers(v, "GET", PREFIX + "/nodes", b""))
     assert ok.status_code == 200 and ok.json() == {"data": []}
+
+
+# ---------------------------------------------------------------------------------------------- rewards
+
+
+def test_network_work_is_rewarded_once_per_epoch_from_the_reward_pool(net: Network, validator: Make) -> None:
+    from hivemesh.ledger import REWARD_POOL
+
+    v = Identity.generate()
+    net.start_router(defaults=EXACT, validators=(v.address,))
+    good = net.add_miner("a").identity.address
+    lg = net.service.ledger
+    billing = net.service.config.billing
+    net.lt.run(lg.deposit(REWARD_POOL, 10 * billing.node_reward))
+    agent = validator(v)
+    assert net.lt.run(agent.take_lead())
+    verdicts = net.lt.run(agent.validate(info(net, good), "l2", [InstantWords()] * 2))
+    assert all(j.passed for j in verdicts)
+    wait_until(net, lambda: not net.service.billing._tasks)  # rewards are paid in the background
+    assert net.lt.run(lg.account(good)).earned == billing.node_reward  # two passes, one epoch: paid once
+    assert net.lt.run(lg.account(v.address)).earned == billing.validator_reward
+    assert (
+        net.lt.run(lg.balance(REWARD_POOL))
+        == 10 * billing.node_reward - billing.node_reward - billing.validator_reward
+    )
+    assert net.lt.run(lg.verify()).ok

@@ -83,6 +83,10 @@ class Dashboard:
         limit = _int_param(request, "limit", 50, 1, 1000)
         return _json(await views.tasks(self.source, request.query_params.get("session") or None, limit))
 
+    async def api_payments(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 50, 1, 500)
+        return _json(await views.payments(self.source, limit))
+
     async def api_task(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
         data = await views.task(self.source, task_id)
@@ -103,11 +107,13 @@ def dashboard_routes(source: DashboardSource) -> list[BaseRoute]:
         Route("/dashboard/sessions", d.page("sessions", "Sessions"), methods=get),
         Route("/dashboard/tasks", d.page("tasks", "Tasks"), methods=get),
         Route("/dashboard/tasks/{task_id}", d.page("task", "Task"), methods=get),
+        Route("/dashboard/payments", d.page("payments", "Payments"), methods=get),
         Route("/dashboard/api/overview", d.api_overview, methods=get),
         Route("/dashboard/api/nodes", d.api_nodes, methods=get),
         Route("/dashboard/api/nodes/{address}", d.api_node, methods=get),
         Route("/dashboard/api/sessions", d.api_sessions, methods=get),
         Route("/dashboard/api/tasks", d.api_tasks, methods=get),
         Route("/dashboard/api/tasks/{task_id}", d.api_task, methods=get),
+        Route("/dashboard/api/payments", d.api_payments, methods=get),
         Mount("/dashboard/static", app=StaticFiles(packages=[("hivemesh.dashboard", "static")])),
     ]

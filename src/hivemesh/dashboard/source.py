@@ -100,3 +100,6 @@ class DashboardSource(Protocol):
     def started_at(self) -> float: ...
     @property
     def observers(self) -> list[Callable[[Any], None]]: ...
+    @property
+    def ledger(self) -> Any:
+        """The router's ``hivemesh.ledger.Ledger``, or None when it bills nothing (the payments page says so)."""

@@ -212,6 +212,7 @@ async def task(src: DashboardSource, task_id: str) -> dict[str, Any] | None:
         **_task_summary(row),
         "seed": row["seed"],
         "finish_reason": row["finish_reason"],
+        "cost": str(result["cost"]) if result.get("cost") not in (None, "") else None,  # smallest unit
         "phases": PHASES,
         "verification": {
             k: result.get(k)
@@ -243,5 +244,59 @@ async def task(src: DashboardSource, task_id: str) -> dict[str, Any] | None:
                 "reason": a["reason"],
             }
             for a in slots
+        ],
+    }
+
+
+def _amount(value: int) -> str:
+    """Amounts go out as decimal strings of the smallest unit (10**-18 COR): exact beyond 2**53."""
+    return str(int(value))
+
+
+def _entry_json(e: Any) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "at": e.ts.timestamp(),
+        "kind": e.kind,
+        "reason": e.reason,
+        "amount": _amount(e.amount),
+        "from": [{"account": a, "amount": _amount(-d)} for a, d in e.postings if d < 0],
+        "to": [{"account": a, "amount": _amount(d)} for a, d in e.postings if d > 0],
+        "session_id": e.session_id,
+        "task_id": e.task_id,
+        "node": e.node,
+    }
+
+
+async def payments(src: DashboardSource, limit: int = 50) -> dict[str, Any]:
+    """Where the money is (balances summed per kind of ledger account), the latest journal entries and the nodes
+    that earned most. Amounts are decimal strings in the smallest unit; ``ledger`` is false when nothing is billed."""
+    ledger = src.ledger
+    if ledger is None:
+        return {"ledger": False, "totals": None, "entries": [], "top_nodes": []}
+    by_kind: dict[str, int] = await ledger.balances_by_kind()
+    entries = await ledger.recent_entries(limit)
+    top = await ledger.top_accounts(limit=10)
+    links = src.hub.links
+    return {
+        "ledger": True,
+        "unit": _amount(10**18),
+        "totals": {
+            "balances": _amount(by_kind["accounts"]),  # spendable, on user and node addresses
+            "treasury": _amount(by_kind["treasury"]),
+            "reward_pool": _amount(by_kind["reward_pool"]),
+            "escrow": _amount(by_kind["escrow"]),
+            "holds": _amount(by_kind["hold"]),
+            "in_escrow": _amount(by_kind["escrow"] + by_kind["hold"]),
+            "stake": _amount(by_kind["stake"]),
+            "unstaking": _amount(by_kind["unstaking"]),
+            "staked": _amount(by_kind["stake"] + by_kind["unstaking"]),
+            "deposited": _amount(-by_kind["world"]),  # deposits minus withdrawals: the sum of all the above
+        },
+        "entries": [_entry_json(e) for e in entries],
+        "top_nodes": [
+            {"address": a, "balance": _amount(bal), "earned": _amount(earned), "online": a in links}
+            for a, bal, earned in top
+            if earned > 0
         ],
     }

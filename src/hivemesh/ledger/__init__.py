@@ -9,6 +9,7 @@ from hivemesh.ledger.chain import VerifyReport
 from hivemesh.ledger.keys import KeyInfo, KeyStore
 from hivemesh.ledger.ledger import Ledger, account_name
 from hivemesh.ledger.limits import LimitState, RateLimiter
+from hivemesh.ledger.queries import EntryView
 from hivemesh.ledger.views import AccountView, Settlement, StakePools, Unstaking
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "WORLD",
     "AccountView",
     "EntryKind",
+    "EntryView",
     "KeyInfo",
     "KeyStore",
     "Ledger",

@@ -27,12 +27,13 @@ from sqlalchemy.exc import DBAPIError
 
 from hivemesh.errors import LedgerError
 from hivemesh.ledger import accounts as acc
-from hivemesh.ledger import audit, escrow, staking
+from hivemesh.ledger import audit, escrow, queries, staking
 from hivemesh.ledger.accounts import REWARD_POOL, TREASURY, WORLD, EntryKind, from_us, to_us
 from hivemesh.ledger.book import Book, EntrySpec, RetryTransaction
 from hivemesh.ledger.chain import GENESIS, VerifyReport
 from hivemesh.ledger.db import Database
 from hivemesh.ledger.keys import KeyInfo, KeyStore
+from hivemesh.ledger.queries import EntryView
 from hivemesh.ledger.schema import accounts, chain_heads, migrate, stakes
 from hivemesh.ledger.views import AccountView, Settlement, StakePools, Unstaking
 
@@ -226,6 +227,24 @@ class Ledger:
             return sum(
                 (await conn.execute(select(accounts.c.balance).where(accounts.c.address != WORLD))).scalars()
             )
+
+    # -- read-only queries (dashboards, reports; see queries.py) ------------------------------------------
+
+    async def recent_entries(self, limit: int = 50) -> list[EntryView]:
+        """The newest ``limit`` journal entries (newest first), each with its postings."""
+        async with self._db.read(snapshot=True) as conn:
+            return await queries.recent_entries(conn, max(0, int(limit)))
+
+    async def balances_by_kind(self) -> dict[str, int]:
+        """Balances summed per kind of account: ``accounts`` (addresses), ``treasury``, ``reward_pool``,
+        ``escrow``, ``hold``, ``stake``, ``unstaking``, ``world``; they always sum to 0."""
+        async with self._db.read(snapshot=True) as conn:
+            return await queries.balances_by_kind(conn)
+
+    async def top_accounts(self, prefix: str = "", limit: int = 10) -> list[tuple[str, int, int]]:
+        """(address, balance, earned) of user and node addresses starting with ``prefix``, most earned first."""
+        async with self._db.read(snapshot=True) as conn:
+            return await queries.top_accounts(conn, prefix, max(0, int(limit)))
 
     # -- stake --------------------------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Sequence
 from typing import Any
 
 from hivemesh.config import COR, BillingConfig, Price
@@ -93,6 +95,12 @@ class Billing:
             ) from None
         return amount
 
+    def split(self, charge: int, consensus: Sequence[str]) -> tuple[dict[str, int], int]:
+        """The charge as equal payouts to the consensus miners and the treasury's fee (plus the indivisible rest)."""
+        fee = charge * self.config.fee_bps // 10_000
+        share, rest = divmod(charge - fee, len(consensus))
+        return {node: share for node in consensus}, fee + rest
+
     def settle_later(self, spec: TaskSpec, outcome: Outcome | None, k: int) -> None:
         """Settle (or release) a finished task in the background; idempotent in the ledger."""
         t = asyncio.create_task(self.settle(spec, outcome, k), name=f"settle-{spec.id}")
@@ -107,10 +115,8 @@ class Billing:
             if charge == 0 or outcome is None or not outcome.consensus:
                 await self.ledger.release(spec.id, reason="no verified answer")
                 return 0
-            fee = charge * self.config.fee_bps // 10_000
-            share, rest = divmod(charge - fee, len(outcome.consensus))
-            payouts = {node: share for node in outcome.consensus}
-            settlement = await self.ledger.settle(spec.id, payouts, treasury_fee=fee + rest)
+            payouts, fee = self.split(charge, outcome.consensus)
+            settlement = await self.ledger.settle(spec.id, payouts, treasury_fee=fee)
             return int(settlement.charged)
         except LedgerError:
             log.exception("settlement failed task_id=%s (the hold stays; it is settled on restart)", spec.id)
@@ -125,11 +131,29 @@ class Billing:
             if charge == 0 or not consensus:
                 await self.ledger.release(task_id, reason="no verified answer")
                 return
-            fee = charge * self.config.fee_bps // 10_000
-            share, rest = divmod(charge - fee, len(consensus))
-            await self.ledger.settle(task_id, {n: share for n in consensus}, treasury_fee=fee + rest)
+            payouts, fee = self.split(charge, consensus)
+            await self.ledger.settle(task_id, payouts, treasury_fee=fee)
         except (LedgerError, NotFound):
             log.exception("settlement on recovery failed task_id=%s", task_id)
+
+    async def reward_epoch(self, node: str, validator: str) -> None:
+        """Network work pays from the reward pool, once per account per epoch (the ledger keeps that promise)."""
+        epoch = int(time.time()) // self.config.epoch_s
+        for account, amount, why in (
+            (node, self.config.node_reward, "served network tasks"),
+            (validator, self.config.validator_reward, "ran network tasks"),
+        ):
+            if amount <= 0:
+                continue
+            try:
+                await self.ledger.reward(account, amount, epoch, reason=why)
+            except LedgerError as exc:  # an empty reward pool: no reward, no harm
+                log.info("no reward account=%s epoch=%d reason=%s", account, epoch, exc.message)
+
+    def reward_later(self, node: str, validator: str) -> None:
+        t = asyncio.create_task(self.reward_epoch(node, validator), name=f"reward-{node}")
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
 
     async def slash(self, node: str, kind: str, task_id: str | None) -> int:
         if kind not in CHEATS:

@@ -188,6 +188,8 @@ class Oracle:
         rep.record(node, delta, req.success, task_id=req.task_id)
         kind = f"{req.kind}_{'pass' if req.success else 'fail'}"
         self.service.store.node_event(node, kind, req.task_id, req.detail)
+        if req.success and self.service.billing is not None:
+            self.service.billing.reward_later(node, validator)
         link = self.hub.links.get(node)
         if link is not None:
             if link.validated != req.success:

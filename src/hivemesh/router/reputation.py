@@ -174,7 +174,11 @@ class Reputation:
         c = self.window(node)
         sc = self.scores(node)
         if is_quarantined(
-            sc, min_total=f.min_total, min_precommit=f.min_precommit, min_samples=f.min_samples, assigned=c.assigned
+            sc,
+            min_total=f.min_total,
+            min_precommit=f.min_precommit,
+            min_samples=f.min_samples,
+            assigned=c.assigned,
         ):
             return True
         return c.in_consensus + c.dissents >= f.min_samples and sc.agreement < f.min_agreement

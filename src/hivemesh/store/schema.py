@@ -7,6 +7,7 @@ schema change is a new migration at the end of the list.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +23,8 @@ from sqlalchemy import (
     Text,
 )
 from sqlalchemy.engine import Connection
+
+from hivemesh.core.reputation import Counters
 
 metadata = MetaData()
 
@@ -134,24 +137,7 @@ node_stats = Table(
     metadata,
     Column("node", String(64), primary_key=True),
     Column("bucket", BigInteger, primary_key=True),  # unix time of the hour's start
-    *(
-        Column(name, BigInteger, nullable=False, default=0)
-        for name in (
-            "assigned",
-            "acked",
-            "precommitted_on_time",
-            "committed",
-            "valid_reveals",
-            "in_consensus",
-            "dissents",
-            "timeouts",
-            "bad_reveals",
-            "tokens",
-            "gen_ms",
-            "ttft_ms_total",
-            "ttft_samples",
-        )
-    ),
+    *(Column(f.name, BigInteger, nullable=False, default=0) for f in fields(Counters)),
 )
 
 node_levels = Table(

@@ -430,6 +430,7 @@
             h("dt", {}, "consensus"), h("dd", {}, (v.consensus || []).length ? v.consensus.map((n) => [nodeLink(n), " "]) : "\u2013"),
             h("dt", {}, "dissent"), h("dd", {}, (v.dissent || []).length ? v.dissent.map((n) => [nodeLink(n), " "]) : "none"),
             h("dt", {}, "tokens"), h("dd", {}, `${fmt.num(t.prompt_tokens)} prompt \u00b7 ${fmt.num(t.completion_tokens)} completion`),
+            t.cost !== null && t.cost !== undefined ? [h("dt", {}, "cost"), h("dd", { id: "task-cost" }, cor(t.cost), " \u00b7 ", h("a", { href: "/dashboard/payments" }, "payments"))] : null,
             h("dt", {}, "seed"), h("dd", { class: "mono" }, t.seed))))),
       panel("Assignments", null, h("div", { class: "scroll" }, table(
         ["Slot", "Node", "Status", "Ack", "Precommit", "Commit", "Generation", "TTFT", "Tokens", "Consensus", "Precommit digest"].map((x) => h("th", {}, x)),
@@ -447,11 +448,91 @@
     );
   }
 
+  // ------------------------------------------------------------------ payments
+
+  // Amounts arrive as decimal strings in the smallest unit (10^-18 COR) and are handled as BigInt, never as floats.
+  const UNIT = 10n ** 18n, SHOWN = 10n ** 12n; // shown to 6 decimals: one step is 10^12 units
+  function corText(raw) {
+    let v = BigInt(raw);
+    const neg = v < 0n;
+    if (neg) v = -v;
+    const micro = (v + SHOWN / 2n) / SHOWN;
+    if (micro === 0n && v > 0n) return (neg ? "> -" : "< ") + "0.000001";
+    const whole = (micro / 10n ** 6n).toLocaleString("en-US");
+    const frac = (micro % 10n ** 6n).toString().padStart(6, "0").replace(/0+$/, "");
+    return (neg ? "-" : "") + whole + (frac ? "." + frac : "");
+  }
+  const exact = (raw) => BigInt(raw).toLocaleString("en-US") + " \u00d7 10\u207b\u00b9\u2078 COR";
+  const cor = (raw, unit = true) =>
+    raw === null || raw === undefined ? h("span", { class: "muted" }, "\u2013")
+      : h("span", { class: "cor", title: exact(raw), "data-amount": raw }, corText(raw), unit ? h("small", {}, " COR") : null);
+
+  // An account name as a link where the dashboard has a page for it: a node, a session (escrow), a task (hold).
+  function accountLink(name, known) {
+    const [prefix, ref] = name.includes(":") ? [name.slice(0, name.indexOf(":")), name.slice(name.indexOf(":") + 1)] : ["", name];
+    if (!prefix && name.startsWith("0x")) return known.has(name) ? nodeLink(name) : h("span", { class: "mono", title: name }, fmt.addr(name));
+    if (prefix === "escrow") return h("span", {}, h("span", { class: "muted" }, "escrow "), sessionLink(ref));
+    if (prefix === "hold") return h("span", {}, h("span", { class: "muted" }, "hold "), taskLink(ref));
+    if (prefix === "stake" || prefix === "unstaking") return h("span", {}, h("span", { class: "muted" }, prefix + " "), known.has(ref) ? nodeLink(ref) : h("span", { class: "mono", title: ref }, fmt.addr(ref)));
+    return h("span", { class: "sys" }, name.replace("_", " "));
+  }
+
+  const ENTRY_CLASS = { deposit: "good", payout: "good", reward: "good", charge: "accent", slash: "bad", withdraw: "warn" };
+
+  function paymentsPage() {
+    poll("/dashboard/api/payments", renderPayments);
+  }
+
+  function renderPayments(d) {
+    const head = [h("div", { class: "title" }, h("h1", {}, "Payments")),
+      h("div", { class: "subtitle" }, "Every movement of COR in the router's ledger: deposits, escrow, task payouts, protocol fees and stake. Hover an amount for its exact value.")];
+    if (!d.ledger) {
+      app.replaceChildren(...head, h("section", { class: "panel", id: "no-ledger" }, emptyState("No ledger: this router runs without one, so nothing is billed or paid.")));
+      return;
+    }
+    const t = d.totals;
+    const known = new Set(d.top_nodes.map((n) => n.address));
+    const flow = (side) => h("div", { class: "flow" }, side.map((p) => h("div", {}, accountLink(p.account, known), side.length > 1 ? [" ", cor(p.amount, false)] : null)));
+    app.replaceChildren(
+      ...head,
+      h("div", { class: "cards" },
+        card("Balances", cor(t.balances), "spendable, on user and node accounts", "balances"),
+        card("In escrow", cor(t.in_escrow), ["sessions ", corText(t.escrow), " \u00b7 held for tasks ", corText(t.holds)], "in_escrow"),
+        card("Staked", cor(t.staked), ["active ", corText(t.stake), " \u00b7 unstaking ", corText(t.unstaking)], "staked"),
+        card("Treasury", cor(t.treasury), "protocol fees and slashed stake", "treasury"),
+        card("Reward pool", cor(t.reward_pool), "pays epoch rewards", "reward_pool"),
+        card("Deposited", cor(t.deposited), "deposits minus withdrawals: the sum of all of the above", "deposited"),
+      ),
+      h("div", { class: "two wide-left" },
+        panel("Recent entries", `the latest ${d.entries.length}, newest first`,
+          d.entries.length
+            ? h("div", { class: "scroll" }, table(
+                ["Time", "Kind", "Amount", "From", "", "To", "Task", "Session"].map((x, i) => h("th", { class: i === 2 ? "num" : "" }, x)),
+                d.entries.map((e) => h("tr", { "data-entry": e.id, "data-kind": e.kind, title: e.reason || null },
+                  h("td", { class: "muted" }, fmt.time(e.at)),
+                  h("td", {}, h("span", { class: "badge " + (ENTRY_CLASS[e.kind] || "neutral") }, e.kind)),
+                  h("td", { class: "num" }, cor(e.amount)),
+                  h("td", {}, flow(e.from)), h("td", { class: "muted" }, "\u2192"), h("td", {}, flow(e.to)),
+                  h("td", {}, e.task_id ? taskLink(e.task_id) : "\u2013"),
+                  h("td", {}, e.session_id ? sessionLink(e.session_id) : "\u2013"))), { id: "entries" }))
+            : emptyState("No entry yet: deposit to an account with POST /api/v1/admin/deposits.")),
+        panel("Top earning nodes", "lifetime payouts and rewards",
+          d.top_nodes.length
+            ? h("div", { class: "scroll" }, table(
+                [h("th", { class: "num" }, "#"), h("th", {}, "Node"), h("th", { class: "num" }, "Earned"), h("th", { class: "num" }, "Balance")],
+                d.top_nodes.map((n, i) => h("tr", { "data-node": n.address },
+                  h("td", { class: "num muted" }, i + 1),
+                  h("td", {}, h("span", { class: "status-dot" + (n.online ? " on" : ""), title: n.online ? "online" : "offline" }), nodeLink(n.address)),
+                  h("td", { class: "num" }, cor(n.earned)), h("td", { class: "num" }, cor(n.balance)))), { id: "top-nodes" }))
+            : emptyState("No node has earned anything yet."))),
+    );
+  }
+
   // ------------------------------------------------------------------ start
 
   for (const a of document.querySelectorAll("nav a[data-nav]")) {
     if (a.dataset.nav.split(" ").includes(page)) a.classList.add("active");
   }
-  const pages = { overview: overviewPage, node: nodePage, sessions: sessionsPage, tasks: tasksPage, task: taskPage };
+  const pages = { overview: overviewPage, node: nodePage, sessions: sessionsPage, tasks: tasksPage, task: taskPage, payments: paymentsPage };
   (pages[page] || overviewPage)();
 })();
