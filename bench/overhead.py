@@ -91,8 +91,8 @@ class Target:
 
 def litellm_python(arg: str | None) -> tuple[str | None, str]:
     """-> (python to run LiteLLM with, or None; why not)."""
-    candidates = [arg] if arg else []
-    candidates += [os.environ.get("LITELLM_PYTHON", ""), "/tmp/litellm-venv/bin/python"]
+    # an explicit --litellm-python is the only candidate; else $LITELLM_PYTHON, then /tmp/litellm-venv
+    candidates = [arg] if arg else [os.environ.get("LITELLM_PYTHON", ""), "/tmp/litellm-venv/bin/python"]
     tried = []
     for py in [c for c in candidates if c]:
         if not Path(py).exists():

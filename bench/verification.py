@@ -314,11 +314,40 @@ def node_report(url: str, roles: dict[str, str], started: float) -> None:
     console.print(t)
 
 
+def screenshot(url: str, out: Path, tmp: Path) -> None:
+    import subprocess
+
+    subprocess.run(
+        [
+            "/usr/bin/chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp / 'chromium'}",
+            "--virtual-time-budget=4000",
+            "--window-size=1440,1000",
+            f"--screenshot={out}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    console.print(f"dashboard screenshot: {out}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, default=200, help="real tasks for the detection part")
     ap.add_argument("--garbage", type=int, default=1, help="garbage miners among the 3 honest ones")
     ap.add_argument("--rounds", type=int, default=12, help="sequential requests per session in part 1")
+    ap.add_argument(
+        "--screenshot", help="save a PNG of the dashboard after the detection run (Debian chromium)"
+    )
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of closed-loop load per session")
     args = ap.parse_args()
     warn_if_busy()
@@ -328,6 +357,8 @@ def main() -> int:
         procs.stop_all()
         url, roles = start_network(procs, Path(d) / "b", garbage=args.garbage)
         samples = part_detection(url, roles, args.tasks)
+        if args.screenshot:
+            screenshot(url + "/dashboard", Path(args.screenshot), Path(d))
         procs.stop_all()
     part_validation_cost(samples[:100] or [["a b c", "a b c", "x y z"]])
     return 0

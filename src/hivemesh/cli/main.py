@@ -53,6 +53,9 @@ def router(
     database_url: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL; default SQLite in the data dir.")
     ] = None,
+    ledger_url: Annotated[
+        str | None, typer.Option(help="Ledger URL (postgresql+asyncpg://...); default SQLite ledger.db in the data dir.")
+    ] = None,
     redundancy: Annotated[int, typer.Option("-k", "--redundancy", help="Default miners per task.")] = 3,
     quorum: Annotated[int, typer.Option("-m", "--quorum", help="Default miners that must agree.")] = 2,
     mode: Annotated[str, typer.Option(help="Default validation: exact, semantic or none.")] = "semantic",
@@ -73,6 +76,7 @@ def router(
         host=host,
         port=port,
         database_url=database_url,
+        ledger_url=ledger_url,
         defaults=defaults,
         semantic=semantic,
     )

@@ -1,5 +1,5 @@
 """The dashboard: web pages a router serves at ``/dashboard`` (network overview, the heatmap rank table of nodes,
-node, session and task pages), fed by JSON under ``/dashboard/api`` and updated live.
+node, session, task and payments pages), fed by JSON under ``/dashboard/api`` and updated live.
 
 It reads a router through the ``DashboardSource`` protocol and imports nothing from ``hivemesh.router``.
 """

@@ -503,8 +503,7 @@
         card("Reward pool", cor(t.reward_pool), "pays epoch rewards", "reward_pool"),
         card("Deposited", cor(t.deposited), "deposits minus withdrawals: the sum of all of the above", "deposited"),
       ),
-      h("div", { class: "two wide-left" },
-        panel("Recent entries", `the latest ${d.entries.length}, newest first`,
+      panel("Recent entries", `the latest ${d.entries.length}, newest first`,
           d.entries.length
             ? h("div", { class: "scroll" }, table(
                 ["Time", "Kind", "Amount", "From", "", "To", "Task", "Session"].map((x, i) => h("th", { class: i === 2 ? "num" : "" }, x)),
@@ -516,7 +515,7 @@
                   h("td", {}, e.task_id ? taskLink(e.task_id) : "\u2013"),
                   h("td", {}, e.session_id ? sessionLink(e.session_id) : "\u2013"))), { id: "entries" }))
             : emptyState("No entry yet: deposit to an account with POST /api/v1/admin/deposits.")),
-        panel("Top earning nodes", "lifetime payouts and rewards",
+      panel("Top earning nodes", "lifetime payouts and rewards",
           d.top_nodes.length
             ? h("div", { class: "scroll" }, table(
                 [h("th", { class: "num" }, "#"), h("th", {}, "Node"), h("th", { class: "num" }, "Earned"), h("th", { class: "num" }, "Balance")],
@@ -524,7 +523,7 @@
                   h("td", { class: "num muted" }, i + 1),
                   h("td", {}, h("span", { class: "status-dot" + (n.online ? " on" : ""), title: n.online ? "online" : "offline" }), nodeLink(n.address)),
                   h("td", { class: "num" }, cor(n.earned)), h("td", { class: "num" }, cor(n.balance)))), { id: "top-nodes" }))
-            : emptyState("No node has earned anything yet."))),
+            : emptyState("No node has earned anything yet.")),
     );
   }
 
