@@ -109,6 +109,7 @@ async def serve_router(
             http="httptools",
             ws="websockets-sansio",
             ws_max_size=4 * 1024 * 1024,
+            ws_per_message_deflate=False,  # small JSON frames: compression costs more CPU than it saves
             ws_ping_interval=20,
             ws_ping_timeout=20,
             timeout_graceful_shutdown=3,

@@ -54,7 +54,8 @@ def router(
         str | None, typer.Option(help="SQLAlchemy URL; default SQLite in the data dir.")
     ] = None,
     ledger_url: Annotated[
-        str | None, typer.Option(help="Ledger URL (postgresql+asyncpg://...); default SQLite ledger.db in the data dir.")
+        str | None,
+        typer.Option(help="Ledger URL (postgresql+asyncpg://...); default SQLite ledger.db in the data dir."),
     ] = None,
     redundancy: Annotated[int, typer.Option("-k", "--redundancy", help="Default miners per task.")] = 3,
     quorum: Annotated[int, typer.Option("-m", "--quorum", help="Default miners that must agree.")] = 2,

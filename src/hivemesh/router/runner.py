@@ -36,6 +36,7 @@ from hivemesh.store.db import Store
 log = logging.getLogger(__name__)
 
 PENDING = ("assigned", "acked", "precommitted", "revealing")
+FLUSH_S = 0.25  # while miners work, the task's record is brought up to date at most this often
 PHASES = (
     "queued",
     "assigned",
@@ -110,6 +111,14 @@ class TaskRun:
         self.m = sess.quorum
         self.immediate = False
         self.phase = 0
+        self._ready: Outcome | None = (
+            None  # decided with nobody left running: published with the final record
+        )
+        self._task_vals: dict[str, Any] = {}  # pending writes, flushed in order at checkpoints
+        self._event_rows: list[dict[str, Any]] = []
+        self._assign_rows: list[dict[str, Any]] = []
+        self._slot_vals: dict[str, dict[str, Any]] = {}
+        self._flushed = time.monotonic()
         self.final: Outcome | None = None  # the outcome as recorded once every miner is classified
         self.error: HivemeshError | None = None  # why the task failed, if it did
         self.started = time.monotonic()
@@ -140,6 +149,8 @@ class TaskRun:
                 else:
                     await self._handle(node, msg)
                 await self._progress()
+                if time.monotonic() - self._flushed > FLUSH_S:
+                    self._flush()  # long tasks: the record follows the miners while they work
             await self._finish()
         except HivemeshError as exc:
             await self._fail(exc)
@@ -173,11 +184,7 @@ class TaskRun:
         self.order = list(rank(cands, spec.params.seed))
         self.k = min(self.k, len(self.order)) or 1
         self.immediate = self.k == 1 and self.mode == "none"
-        self._submit(
-            update(s.tasks)
-            .where(s.tasks.c.id == spec.id)
-            .values(candidates=list(self.order), updated_at=time.time())
-        )
+        self._task(candidates=list(self.order))
         while len(self.slots) < self.k and self._reserve_next() is not None:
             pass
         if not self.slots:
@@ -187,6 +194,7 @@ class TaskRun:
     async def _start(self) -> None:
         for slot in list(self.slots.values()):
             await self._send_assign(slot)
+        self._flush()
 
     def _reserve_next(self) -> Slot | None:
         while self.order:
@@ -222,20 +230,14 @@ class TaskRun:
         assign = assign.model_copy(
             update={"sig": self.identity.sign(wire.signing_payload(assign, slot.link.nonce))}
         )
-        # a task re-dispatched after a restart may meet the same node again: its old slot record gives way
-        self._submit(
-            delete(s.assignments).where(
-                s.assignments.c.task_id == self.spec.id, s.assignments.c.node == slot.node
-            )
-        )
-        self._submit(
-            insert(s.assignments).values(
-                task_id=self.spec.id,
-                node=slot.node,
-                slot=slot.index,
-                status="assigned",
-                assigned_at=time.time(),
-            )
+        self._assign_rows.append(
+            {
+                "task_id": self.spec.id,
+                "node": slot.node,
+                "slot": slot.index,
+                "status": "assigned",
+                "assigned_at": time.time(),
+            }
         )
         self._event("assigned", slot.node)
         if await slot.link.send(assign):
@@ -371,7 +373,12 @@ class TaskRun:
                     self._event("reveal_requested", sl.node)
                     await sl.link.send(wire.RevealRequest(task_id=self.spec.id))
         leader_busy = self.leader is not None and self.leader.status in PENDING
-        if not self.answer.done() and self.reveals and not (self.stream is not None and leader_busy):
+        if (
+            not self.answer.done()
+            and self._ready is None
+            and self.reveals
+            and not (self.stream is not None and leader_busy)
+        ):
             d = self._decide()
             if d.verdict != "disputed" or not self._pending():
                 await self._deliver(d)
@@ -431,8 +438,14 @@ class TaskRun:
         if self.cost_of is not None:
             outcome = replace(outcome, cost=self.cost_of(self, outcome))
         self._event("validated", None, verdict=verdict, agreement=d.score)
-        self.phase = PHASES.index("validated")
-        await self.store.write(self._record(outcome, "validated"))  # durable before anyone sees it
+        if not self._pending():
+            self._ready = outcome  # nobody left running: _finish writes the whole record once, then publishes
+            return
+        self._task(**self._record(outcome, "validated"))
+        await self._persist()  # durable before anyone sees it
+        self._publish(outcome)
+
+    def _publish(self, outcome: Outcome) -> None:
         self.answer.set_result(outcome)
         if self.stream is not None:
             self.stream.put_nowait(StreamEnd(outcome))
@@ -460,9 +473,9 @@ class TaskRun:
         if not self.reveals:
             reasons = sorted({sl.reason or "?" for sl in self.slots.values()})
             raise UpstreamFailed(f"no miner completed the task ({', '.join(reasons)})")
-        if not self.answer.done():
+        if not self.answer.done() and self._ready is None:
             await self._deliver(self._decide())
-        outcome = self.answer.result()
+        outcome = self._ready or self.answer.result()
         if outcome.pending:  # classify the miners that revealed after the answer went out
             final = self._decide()
             consensus = set(outcome.consensus)
@@ -484,25 +497,23 @@ class TaskRun:
         self.final = outcome
         self._score(set(outcome.consensus), none_mode=self.mode == "none")
         self._event("ended", None, verdict=outcome.verdict)
-        await self.store.write(self._record(outcome, "ended"))
+        self._task(**self._record(outcome, "ended"))
+        await self._persist()  # durable before anyone sees it (when the answer goes out only now)
+        if self._ready is not None:
+            self._publish(outcome)
 
-    def _record(self, outcome: Outcome, phase: str) -> Any:
+    def _record(self, outcome: Outcome, phase: str) -> dict[str, Any]:
         now = time.time()
-        return (
-            update(s.tasks)
-            .where(s.tasks.c.id == self.spec.id)
-            .values(
-                phase=phase,
-                verdict=outcome.verdict,
-                answer=outcome.text,
-                finish_reason=outcome.finish_reason,
-                prompt_tokens=outcome.usage.prompt_tokens,
-                completion_tokens=outcome.usage.completion_tokens,
-                result=outcome.verification(),
-                updated_at=now,
-                finished_at=now if phase == "ended" else None,
-            )
-        )
+        return {
+            "phase": phase,
+            "verdict": outcome.verdict,
+            "answer": outcome.text,
+            "finish_reason": outcome.finish_reason,
+            "prompt_tokens": outcome.usage.prompt_tokens,
+            "completion_tokens": outcome.usage.completion_tokens,
+            "result": outcome.verification(),
+            "finished_at": now if phase == "ended" else None,
+        }
 
     def _score(self, consensus: set[str], *, none_mode: bool = False) -> None:
         """Tell reputation how each miner's slot ended (once, when the task ends)."""
@@ -541,12 +552,9 @@ class TaskRun:
         log.warning("task failed task_id=%s reason=%s", self.spec.id, exc.message)
         self._score(set())
         self._event("failed", None, reason=exc.message)
+        self._task(phase="failed", error=exc.message, finished_at=time.time())
         try:
-            await self.store.write(
-                update(s.tasks)
-                .where(s.tasks.c.id == self.spec.id)
-                .values(phase="failed", error=exc.message, updated_at=time.time(), finished_at=time.time())
-            )
+            await self._persist()
         finally:
             if not self.answer.done():
                 self.answer.set_exception(exc)
@@ -579,29 +587,56 @@ class TaskRun:
     def _release(self, slot: Slot) -> None:
         self.hub.release(slot.link)
 
-    # ------------------------------------------------------------------ persistence (group-committed, in order)
+    # ------------------------------------------------------------------ persistence
+    # Transitions are recorded in memory with their times and written, in order, through the store's group-commit
+    # writer at checkpoints: after dispatch, at most every FLUSH_S while miners work, when the answer goes out
+    # (durably, before anyone sees it) and at the end (durably). A task that dies with the router is re-dispatched
+    # from its task row, so the checkpoints keep its history; its life does not depend on them.
 
-    def _submit(self, stmt: Any) -> None:
-        self.store.submit(stmt)
+    def _task(self, **values: Any) -> None:
+        self._task_vals.update(values)
 
     def _event(self, phase: str, node: str | None, **detail: Any) -> None:
-        self.store.submit(
-            insert(s.task_events).values(
-                task_id=self.spec.id, ts=time.time(), phase=phase, node=node, detail=detail
-            )
+        self._event_rows.append(
+            {"task_id": self.spec.id, "ts": time.time(), "phase": phase, "node": node, "detail": detail}
         )
         rank = PHASES.index(phase) if phase in PHASES else -1
         if rank > self.phase:
             self.phase = rank
-            self.store.submit(
-                update(s.tasks)
-                .where(s.tasks.c.id == self.spec.id, s.tasks.c.phase.notin_(("ended", "failed")))
-                .values(phase=phase, updated_at=time.time())
-            )
+            self._task_vals["phase"] = phase
 
     def _slot_update(self, slot: Slot, **values: Any) -> None:
-        self.store.submit(
-            update(s.assignments)
-            .where(s.assignments.c.task_id == self.spec.id, s.assignments.c.node == slot.node)
-            .values(**values)
-        )
+        self._slot_vals.setdefault(slot.node, {}).update(values)
+
+    def _statements(self) -> list[Any]:
+        tid = self.spec.id
+        out: list[Any] = []
+        if self._assign_rows:
+            # a task re-dispatched after a restart may meet a node again: its old slot record gives way
+            nodes = [r["node"] for r in self._assign_rows]
+            out.append(
+                delete(s.assignments).where(s.assignments.c.task_id == tid, s.assignments.c.node.in_(nodes))
+            )
+            out.append((insert(s.assignments), self._assign_rows))
+        if self._event_rows:
+            out.append((insert(s.task_events), self._event_rows))
+        for node, vals in self._slot_vals.items():
+            out.append(
+                update(s.assignments)
+                .where(s.assignments.c.task_id == tid, s.assignments.c.node == node)
+                .values(**vals)
+            )
+        if self._task_vals:
+            out.append(
+                update(s.tasks).where(s.tasks.c.id == tid).values(updated_at=time.time(), **self._task_vals)
+            )
+        self._assign_rows, self._event_rows, self._slot_vals, self._task_vals = [], [], {}, {}
+        self._flushed = time.monotonic()
+        return out
+
+    def _flush(self) -> None:
+        for st in self._statements():
+            self.store.submit(*st) if isinstance(st, tuple) else self.store.submit(st)
+
+    async def _persist(self) -> None:
+        await self.store.write(*self._statements())

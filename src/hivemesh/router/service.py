@@ -94,7 +94,13 @@ class RouterService:
     # ------------------------------------------------------------------ submitting
 
     async def submit(
-        self, spec: TaskSpec, *, stream: bool, persist: bool = True, default_session: bool = False
+        self,
+        spec: TaskSpec,
+        *,
+        stream: bool,
+        persist: bool = True,
+        default_session: bool = False,
+        durable: bool = False,
     ) -> TaskRun:
         """Reserve the task's worst-case cost, persist, queue and start it. Returns the run once it has miners
         (its ``answer`` future resolves with the outcome; with ``stream`` its ``stream`` queue yields text, then
@@ -102,7 +108,13 @@ class RouterService:
         if self.billing is not None and persist:
             await self.billing.reserve(spec, default_session=default_session)
         if persist:
-            await self.store.write(insert(s.tasks).values(**_task_row(spec)))
+            # ordered before every later write of this task by the group-commit writer; awaited only when the
+            # caller answers before the task ends (an async submission), since then the task row is all it has
+            written = self.store.submit(insert(s.tasks).values(**_task_row(spec)))
+            if durable:
+                await written
+            else:
+                written.add_done_callback(_log_failed_write)
         queue: asyncio.Queue[str | StreamEnd] | None = asyncio.Queue() if stream else None
         run = TaskRun(
             spec,
@@ -207,6 +219,11 @@ class RouterService:
                 if time.monotonic() > deadline:
                     return
                 await asyncio.sleep(1.0)
+
+
+def _log_failed_write(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and (exc := fut.exception()) is not None:
+        log.error("task row write failed error=%s", exc)
 
 
 def new_task_id() -> str:

@@ -347,7 +347,7 @@ class SessionApi:
             spec = self.api.build_spec(session, req, "completion", prompt=body.prompt)
         else:
             raise InvalidRequest("give a prompt or messages", param="prompt")
-        run = await self.service.submit(spec, stream=req.stream, default_session=False)
+        run = await self.service.submit(spec, stream=req.stream, default_session=False, durable=not body.wait)
         if req.stream:
             return self.api.stream_response(run, spec, spec.kind, include_usage=True)
         if not body.wait:

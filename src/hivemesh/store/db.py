@@ -1,8 +1,12 @@
-"""The router's persistence: SQLAlchemy 2 async (aiosqlite by default, asyncpg for PostgreSQL).
+"""The router's persistence: SQLAlchemy 2 (SQLite by default, asyncpg for PostgreSQL).
 
 Writes go through a group-commit writer: callers hand in statements and (when the write must be durable before
 it takes effect) await them; one background task drains everything pending into a single transaction. Under load
 many tasks' transitions share one commit, so durability costs one fsync per batch, not per transition.
+
+On SQLite the batch runs as one synchronous transaction on the writer's own thread (one hop off the event loop
+per batch instead of one per statement, which is what aiosqlite costs); reads use the async engine. On PostgreSQL
+both go through asyncpg.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import event, insert, select, text, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import create_engine, event, insert, select, text, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql import Executable
 
@@ -24,9 +30,14 @@ log = logging.getLogger(__name__)
 Row = dict[str, Any]
 
 
+Pending = list[tuple[Executable, Any, "asyncio.Future[None] | None"]]
+
+
 class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, sync_engine: Engine | None = None) -> None:
         self.engine = engine
+        self.sync_engine = sync_engine  # SQLite: the writer thread's own engine
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="store-writer") if sync_engine else None
         self._pending: list[tuple[Executable, Any, asyncio.Future[None] | None]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -35,17 +46,12 @@ class Store:
     @classmethod
     async def open(cls, url: str) -> Store:
         engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        sync_engine = None
         if url.startswith("sqlite"):
-
-            @event.listens_for(engine.sync_engine, "connect")
-            def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA busy_timeout=5000")
-                cur.close()
-
-        store = cls(engine)
+            event.listen(engine.sync_engine, "connect", _pragmas)
+            sync_engine = create_engine(url.replace("+aiosqlite", ""), poolclass=StaticPool)
+            event.listen(sync_engine, "connect", _pragmas)
+        store = cls(engine, sync_engine)
         async with engine.begin() as conn:
             await conn.run_sync(_migrate)
         store._writer = asyncio.create_task(store._write_loop(), name="store-writer")
@@ -56,6 +62,9 @@ class Store:
         self._wake.set()
         if self._writer is not None:
             await self._writer
+        if self._thread is not None and self.sync_engine is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self.sync_engine.dispose)
+            self._thread.shutdown(wait=True)
         await self.engine.dispose()
 
     # ------------------------------------------------------------------ writes
@@ -80,34 +89,36 @@ class Store:
             batch, self._pending = self._pending, []
             if batch:
                 try:
-                    async with self.engine.begin() as conn:
-                        for stmt, params, _ in batch:
-                            await conn.execute(stmt, params) if params is not None else await conn.execute(
-                                stmt
-                            )
+                    await self._commit(batch)
                 except Exception:
                     # one bad statement must not take the others down: redo them one transaction each
                     log.warning("store batch failed, retrying its %d statements one by one", len(batch))
-                    await self._write_each(batch)
+                    for item in batch:
+                        try:
+                            await self._commit([item])
+                        except Exception as exc:
+                            log.warning("store write failed error=%s", str(exc).splitlines()[0][:300])
+                            _resolve([item], exc)
+                        else:
+                            _resolve([item], None)
                 else:
-                    for _, _, fut in batch:
-                        if fut is not None and not fut.done():
-                            fut.set_result(None)
+                    _resolve(batch, None)
             if self._closing and not self._pending:
                 return
 
-    async def _write_each(self, batch: list[tuple[Executable, Any, asyncio.Future[None] | None]]) -> None:
-        for stmt, params, fut in batch:
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.execute(stmt, params) if params is not None else await conn.execute(stmt)
-            except Exception as exc:
-                log.warning("store write failed error=%s", str(exc).splitlines()[0][:300])
-                if fut is not None and not fut.done():
-                    fut.set_exception(exc)
-            else:
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+    async def _commit(self, batch: Pending) -> None:
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._commit_sync, batch)
+            return
+        async with self.engine.begin() as conn:
+            for stmt, params, _ in batch:
+                await conn.execute(stmt, params) if params is not None else await conn.execute(stmt)
+
+    def _commit_sync(self, batch: Pending) -> None:
+        assert self.sync_engine is not None
+        with self.sync_engine.begin() as conn:
+            for stmt, params, _ in batch:
+                conn.execute(stmt, params) if params is not None else conn.execute(stmt)
 
     # ------------------------------------------------------------------ reads
 
@@ -169,6 +180,23 @@ class Store:
         if kind:
             q = q.where(s.node_events.c.kind == kind)
         return await self.fetch_all(q)
+
+
+def _resolve(batch: Pending, exc: BaseException | None) -> None:
+    for _, _, fut in batch:
+        if fut is not None and not fut.done():
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+
+
+def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
 
 
 def _migrate(conn: Connection) -> None:
