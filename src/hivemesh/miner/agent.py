@@ -78,7 +78,9 @@ class MinerAgent:
         url = ws_url(self.config.router_url)
         while True:
             try:
-                async with connect(url, max_size=wire.MAX_FRAME, open_timeout=10, ping_interval=20, compression=None) as ws:
+                async with connect(
+                    url, max_size=wire.MAX_FRAME, open_timeout=10, ping_interval=20, compression=None
+                ) as ws:
                     backoff = 0.2
                     await self._session(ws, on_join)
             except asyncio.CancelledError:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, insert, update
+from sqlalchemy import bindparam, delete, insert, update
 
 from hivemesh.core.agreement import Decision, Reveal, decide
 from hivemesh.core.reputation import Counters
@@ -36,6 +36,17 @@ from hivemesh.store.db import Store
 log = logging.getLogger(__name__)
 
 PENDING = ("assigned", "acked", "precommitted", "revealing")
+_INSERT_SLOT = insert(s.assignments)
+_INSERT_EVENT = insert(s.task_events)
+_DELETE_SLOT = delete(s.assignments).where(
+    s.assignments.c.task_id == bindparam("k_task"), s.assignments.c.node == bindparam("k_node")
+)
+_UPDATE_SLOT = update(s.assignments).where(
+    s.assignments.c.task_id == bindparam("k_task"), s.assignments.c.node == bindparam("k_node")
+)
+_UPDATE_TASK = update(s.tasks).where(s.tasks.c.id == bindparam("k_id"))
+_SLOT_COLUMNS = tuple(c.name for c in s.assignments.columns)
+_SLOT_DEFAULTS: dict[str, Any] = dict.fromkeys(_SLOT_COLUMNS)  # executemany rows must share their keys
 FLUSH_S = 0.25  # while miners work, the task's record is brought up to date at most this often
 PHASES = (
     "queued",
@@ -119,6 +130,7 @@ class TaskRun:
         self._assign_rows: list[dict[str, Any]] = []
         self._slot_vals: dict[str, dict[str, Any]] = {}
         self._flushed = time.monotonic()
+        self.recovered = False  # set by the service for a task re-dispatched after a restart
         self.final: Outcome | None = None  # the outcome as recorded once every miner is classified
         self.error: HivemeshError | None = None  # why the task failed, if it did
         self.started = time.monotonic()
@@ -194,7 +206,6 @@ class TaskRun:
     async def _start(self) -> None:
         for slot in list(self.slots.values()):
             await self._send_assign(slot)
-        self._flush()
 
     def _reserve_next(self) -> Slot | None:
         while self.order:
@@ -609,34 +620,27 @@ class TaskRun:
         self._slot_vals.setdefault(slot.node, {}).update(values)
 
     def _statements(self) -> list[Any]:
+        """The pending writes as a few prebuilt statements (their compiled forms are cached by SQLAlchemy)."""
         tid = self.spec.id
         out: list[Any] = []
         if self._assign_rows:
-            # a task re-dispatched after a restart may meet a node again: its old slot record gives way
-            nodes = [r["node"] for r in self._assign_rows]
-            out.append(
-                delete(s.assignments).where(s.assignments.c.task_id == tid, s.assignments.c.node.in_(nodes))
-            )
-            out.append((insert(s.assignments), self._assign_rows))
+            rows = [{**r, **self._slot_vals.pop(r["node"], {})} for r in self._assign_rows]
+            if self.recovered:  # re-dispatched after a restart: a node met again replaces its old slot record
+                out.append((_DELETE_SLOT, [{"k_task": tid, "k_node": r["node"]} for r in rows]))
+            out.append((_INSERT_SLOT, [{**_SLOT_DEFAULTS, **r} for r in rows]))
         if self._event_rows:
-            out.append((insert(s.task_events), self._event_rows))
+            out.append((_INSERT_EVENT, self._event_rows))
         for node, vals in self._slot_vals.items():
-            out.append(
-                update(s.assignments)
-                .where(s.assignments.c.task_id == tid, s.assignments.c.node == node)
-                .values(**vals)
-            )
+            out.append((_UPDATE_SLOT, {"k_task": tid, "k_node": node, **vals}))
         if self._task_vals:
-            out.append(
-                update(s.tasks).where(s.tasks.c.id == tid).values(updated_at=time.time(), **self._task_vals)
-            )
+            out.append((_UPDATE_TASK, {"k_id": tid, "updated_at": time.time(), **self._task_vals}))
         self._assign_rows, self._event_rows, self._slot_vals, self._task_vals = [], [], {}, {}
         self._flushed = time.monotonic()
         return out
 
     def _flush(self) -> None:
-        for st in self._statements():
-            self.store.submit(*st) if isinstance(st, tuple) else self.store.submit(st)
+        for stmt, params in self._statements():
+            self.store.submit(stmt, params)
 
     async def _persist(self) -> None:
         await self.store.write(*self._statements())

@@ -126,6 +126,7 @@ class RouterService:
             cost_of=self._cost_of if self.billing is not None else None,
             stream=queue,
         )
+        run.recovered = not persist  # the recovery path: the task row and maybe slot records exist already
 
         async def drive() -> None:
             try:
