@@ -36,6 +36,7 @@ from hivemesh.store.db import Store
 log = logging.getLogger(__name__)
 
 PENDING = ("assigned", "acked", "precommitted", "revealing")
+_INSERT_TASK = insert(s.tasks)
 _INSERT_SLOT = insert(s.assignments)
 _INSERT_EVENT = insert(s.task_events)
 _DELETE_SLOT = delete(s.assignments).where(
@@ -47,6 +48,9 @@ _UPDATE_SLOT = update(s.assignments).where(
 _UPDATE_TASK = update(s.tasks).where(s.tasks.c.id == bindparam("k_id"))
 _SLOT_COLUMNS = tuple(c.name for c in s.assignments.columns)
 _SLOT_DEFAULTS: dict[str, Any] = dict.fromkeys(_SLOT_COLUMNS)  # executemany rows must share their keys
+ROW_DELAY_S = (
+    0.05  # a task still running after this has its row written (faster ones write it once, at the end)
+)
 FLUSH_S = 0.25  # while miners work, the task's record is brought up to date at most this often
 PHASES = (
     "queued",
@@ -131,6 +135,8 @@ class TaskRun:
         self._slot_vals: dict[str, dict[str, Any]] = {}
         self._flushed = time.monotonic()
         self.recovered = False  # set by the service for a task re-dispatched after a restart
+        self.pending_row: dict[str, Any] | None = None  # the task row, written with the first checkpoint
+        self._row_timer: asyncio.TimerHandle | None = None
         self.final: Outcome | None = None  # the outcome as recorded once every miner is classified
         self.error: HivemeshError | None = None  # why the task failed, if it did
         self.started = time.monotonic()
@@ -148,6 +154,10 @@ class TaskRun:
 
     async def run(self) -> None:
         """Drive the task to its end. ``begin`` must have been called."""
+        if (
+            self.pending_row is not None
+        ):  # a fast task writes its row with its end, a slow one after ROW_DELAY_S
+            self._row_timer = asyncio.get_running_loop().call_later(ROW_DELAY_S, self._flush)
         try:
             await self._start()
             while self._pending():
@@ -170,6 +180,8 @@ class TaskRun:
             log.exception("task run crashed task_id=%s", self.spec.id)
             await self._fail(UpstreamFailed(f"internal error while running the task: {exc}"))
         finally:
+            if self._row_timer is not None:
+                self._row_timer.cancel()
             for sl in self.slots.values():
                 if sl.status in PENDING:
                     await sl.link.send(wire.Cancel(task_id=self.spec.id, reason="task ended"))
@@ -623,6 +635,9 @@ class TaskRun:
         """The pending writes as a few prebuilt statements (their compiled forms are cached by SQLAlchemy)."""
         tid = self.spec.id
         out: list[Any] = []
+        if self.pending_row is not None:
+            out.append((_INSERT_TASK, self.pending_row))
+            self.pending_row = None
         if self._assign_rows:
             rows = [{**r, **self._slot_vals.pop(r["node"], {})} for r in self._assign_rows]
             if self.recovered:  # re-dispatched after a restart: a node met again replaces its old slot record

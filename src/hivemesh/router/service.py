@@ -107,14 +107,11 @@ class RouterService:
         a StreamEnd). Raises PaymentRequired (402) or NoMinerAvailable (503) when it cannot start."""
         if self.billing is not None and persist:
             await self.billing.reserve(spec, default_session=default_session)
-        if persist:
-            # ordered before every later write of this task by the group-commit writer; awaited only when the
-            # caller answers before the task ends (an async submission), since then the task row is all it has
-            written = self.store.submit(insert(s.tasks).values(**_task_row(spec)))
-            if durable:
-                await written
-            else:
-                written.add_done_callback(_log_failed_write)
+        row = _task_row(spec) if persist else None
+        if row is not None and durable:
+            # the caller answers before the task ends (an async submission): the task row is all it has
+            await self.store.write(insert(s.tasks).values(**row))
+            row = None
         queue: asyncio.Queue[str | StreamEnd] | None = asyncio.Queue() if stream else None
         run = TaskRun(
             spec,
@@ -127,6 +124,9 @@ class RouterService:
             stream=queue,
         )
         run.recovered = not persist  # the recovery path: the task row and maybe slot records exist already
+        run.pending_row = (
+            row  # written with the task's first checkpoint (at the latest ROW_DELAY_S after start)
+        )
 
         async def drive() -> None:
             try:
@@ -147,11 +147,16 @@ class RouterService:
         except HivemeshError as exc:
             if self.billing is not None:
                 self.billing.settle_later(spec, None, 0)  # release the hold
-            await self.store.write(
-                update(s.tasks)
-                .where(s.tasks.c.id == spec.id)
-                .values(phase="failed", error=exc.message, updated_at=time.time(), finished_at=time.time())
-            )
+            failed = {
+                "phase": "failed",
+                "error": exc.message,
+                "updated_at": time.time(),
+                "finished_at": time.time(),
+            }
+            if row is not None:
+                await self.store.write(insert(s.tasks).values(**{**row, **failed}))
+            else:
+                await self.store.write(update(s.tasks).where(s.tasks.c.id == spec.id).values(**failed))
             raise
         return run
 
@@ -220,11 +225,6 @@ class RouterService:
                 if time.monotonic() > deadline:
                     return
                 await asyncio.sleep(1.0)
-
-
-def _log_failed_write(fut: asyncio.Future[None]) -> None:
-    if not fut.cancelled() and (exc := fut.exception()) is not None:
-        log.error("task row write failed error=%s", exc)
 
 
 def new_task_id() -> str:
