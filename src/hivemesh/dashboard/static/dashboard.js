@@ -252,7 +252,7 @@
       h("span", {}, h("span", { class: "swatch", style: "background:var(--empty)" }), "no tasks"),
     );
     const note = `Total score per hour, last ${d.hours.length} h. Quarantined below total ${f.min_total.toFixed(2)} or precommit ` +
-      `${f.min_precommit.toFixed(2)} (after ${f.min_samples} tasks in the ${Math.round(d.window_s / 3600)} h window); striped hours are below the floor.`;
+      `${f.min_precommit.toFixed(2)} or agreement ${(f.min_agreement ?? 0.5).toFixed(2)} (after ${f.min_samples} tasks in the ${Math.round(d.window_s / 3600)} h window); striped hours are below the floor.`;
     return h("section", { class: "panel" }, h("header", {}, h("h2", {}, "Nodes"), h("span", { class: "note" }, note), legend),
       rows.length
         ? h("div", { class: "scroll" }, table(
@@ -317,7 +317,7 @@
           h("div", { class: "body" },
             h("pre", { class: "formula" }, n.formula),
             h("dl", { class: "kv" }, counters.map(([k, v]) => [h("dt", {}, k), h("dd", {}, typeof v === "number" ? fmt.num(v) : v)])),
-            h("p", { class: "muted" }, `Quarantined from user sessions while total < ${f.min_total} or precommit < ${f.min_precommit}, once it has ${f.min_samples} tasks in the window.`))),
+            h("p", { class: "muted" }, `Quarantined from user sessions while total < ${f.min_total}, precommit < ${f.min_precommit} or agreement < ${f.min_agreement ?? 0.5}, once it has ${f.min_samples} tasks in the window.`))),
         panel("Connection", null,
           h("div", { class: "body" },
             ln
