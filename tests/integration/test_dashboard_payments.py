@@ -4,7 +4,6 @@ each task's payouts and fee, balances that add up, and the page renders them in 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,7 +16,6 @@ from hivemesh.dashboard import views
 from hivemesh.identity import Identity
 
 from ..conftest import API_KEY, Network
-from .test_dashboard import CHROMIUM, CHROMIUM_ARGS, _browser_missing
 
 MODEL = "instant-echo"
 ADMIN = {"authorization": f"Bearer {API_KEY}"}
@@ -131,26 +129,6 @@ def test_without_a_ledger_the_page_says_so() -> None:
 
 
 # ---------------------------------------------------------------------- in a real browser
-
-
-@pytest.fixture
-def page() -> Iterator[Any]:
-    missing = _browser_missing()
-    if missing:
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        p = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
-        p.set_default_timeout(10_000)
-        errors: list[str] = []
-        p.on("pageerror", lambda exc: errors.append(str(exc)))
-        try:
-            yield p
-        finally:
-            browser.close()
-        assert not errors, errors
 
 
 @pytest.mark.browser
