@@ -22,8 +22,8 @@ from sqlalchemy import text
 from websockets.asyncio.client import connect
 
 from hivemesh.config import SessionDefaults
-from hivemesh.engines.base import Finished, GenerationRequest, Piece
-from hivemesh.engines.instant import WORDS, InstantEngine
+from hivemesh.engines.base import Finished
+from hivemesh.engines.instant import WORDS
 from hivemesh.errors import Conflict
 from hivemesh.identity import Identity
 from hivemesh.miner.agent import ws_url
@@ -36,7 +36,7 @@ from hivemesh.validator.client import signed_headers
 from hivemesh.validator.config import ValidatorConfig
 
 from ..conftest import API_KEY, Network
-from .rogue import Rogue
+from .rogue import Rogue, honest_output
 
 MODEL = "instant-echo"
 
@@ -139,19 +139,6 @@ def events(net: Network, node: str, kind: str) -> int:
     return net.lt.run(count())
 
 
-async def instant_answer(a: wire.Assign) -> tuple[str, Finished]:
-    req = GenerationRequest(model=a.model, kind=a.kind, params=a.params, messages=a.messages, prompt=a.prompt)
-    parts: list[str] = []
-    finished: Finished | None = None
-    async for ev in InstantEngine(a.model).generate(req):
-        if isinstance(ev, Piece):
-            parts.append(ev.text)
-        else:
-            finished = ev
-    assert finished is not None
-    return "".join(parts), finished
-
-
 class Freezable:
     """A miner that serves like an honest instant miner until ``frozen``: from then on it acks what it is given and
     says nothing more, pongs included (a hung process whose socket stays open)."""
@@ -194,7 +181,8 @@ class Freezable:
                         if self.frozen:
                             self.stuck.set()
                             continue
-                        output, fin = await instant_answer(msg)
+                        honest = await honest_output(msg)
+                        output, fin = honest.text, honest.finished
                         salt = secrets.token_bytes(16)
                         self._kept[msg.task_id] = (salt, output, fin)
                         if msg.reveal == "immediate":

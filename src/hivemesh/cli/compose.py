@@ -28,23 +28,12 @@ from hivemesh.store.db import Store
 log = logging.getLogger(__name__)
 
 
-def read_key_hashes(data_dir: Path) -> tuple[str, ...]:
-    path = data_dir / "api_keys.txt"
+def read_lines(path: Path) -> tuple[str, ...]:
+    """A one-entry-a-line file of the router's data dir (``api_keys.txt``: key hashes; ``validators.txt``:
+    addresses allowed on the network API); blank lines and ``#`` comments skipped; missing file: none."""
     if not path.exists():
         return ()
-    return tuple(
-        line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
-    )
-
-
-def read_validators(data_dir: Path) -> tuple[str, ...]:
-    """The addresses allowed to act as validators (oracles) on this router: ``validators.txt``, one a line."""
-    path = data_dir / "validators.txt"
-    if not path.exists():
-        return ()
-    return tuple(
-        line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
-    )
+    return tuple(s for line in path.read_text().splitlines() if (s := line.strip()) and not s.startswith("#"))
 
 
 def load_embedder(enabled: bool) -> Any:
@@ -75,9 +64,9 @@ async def build_router(config: RouterConfig, embedder: Any = _LOAD) -> tuple[Any
         embedder = await asyncio.to_thread(load_embedder, config.semantic)
     ledger = await open_ledger(config)
     service = RouterService(config, store, identity, embedder, ledger=ledger)
-    auth = LedgerKeys(StaticKeys(config.api_keys or read_key_hashes(config.data_dir)), ledger)
+    auth = LedgerKeys(StaticKeys(config.api_keys or read_lines(config.data_dir / "api_keys.txt")), ledger)
     install_metrics(service)
-    network = NetworkApi(service, config.validators or read_validators(config.data_dir))
+    network = NetworkApi(service, config.validators or read_lines(config.data_dir / "validators.txt"))
     extra = [*dashboard_routes(service), metrics_route(service), *network.routes()]
     app = build_app(service, auth, extra_routes=extra)
     return app, service, store

@@ -38,13 +38,16 @@ def ensure_admin_key(data_dir: Path) -> str:
     else:
         key = "hm-admin-" + secrets.token_urlsafe(30)
         _write_secret(path, key)
-    hashes = data_dir / "router" / "api_keys.txt"
-    hashes.parent.mkdir(parents=True, exist_ok=True)
-    existing = hashes.read_text().split() if hashes.exists() else []
-    if key_hash(key) not in existing:
-        with hashes.open("a") as f:
-            f.write(key_hash(key) + "\n")
+    append_once(data_dir / "router" / "api_keys.txt", key_hash(key))
     return key
+
+
+def append_once(path: Path, entry: str) -> None:
+    """Add ``entry`` as a line of ``path`` unless it is there already."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if entry not in (path.read_text().split() if path.exists() else []):
+        with path.open("a") as f:
+            f.write(entry + "\n")
 
 
 def miner_dir(data_dir: Path, i: int) -> Path:

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from hivemesh.config import COR, BillingConfig, RouterConfig, default_data_dir
 from hivemesh.errors import HivemeshError
-from hivemesh.ledger import Ledger, StakePools
+from hivemesh.ledger import Ledger, StakePools, format_cor
 
 T = TypeVar("T")
 console = Console()
@@ -45,11 +45,6 @@ def parse_cor(text: str) -> int:
     if value <= 0 or units != units.to_integral_value():
         raise typer.BadParameter("the amount must be positive with at most 18 decimals")
     return int(units)
-
-
-def fmt_cor(units: int) -> str:
-    whole, frac = divmod(units, COR)
-    return f"{whole}.{frac:018d}".rstrip("0").rstrip(".") + " COR"
 
 
 def run_ledger(data_dir: Path | None, url: str | None, fn: Callable[[Ledger], Awaitable[T]]) -> T:
@@ -128,7 +123,7 @@ def deposit(
         await ledger.deposit(account, units, reason="deposit from the CLI")
         return await ledger.balance(account)
 
-    console.print(f"{account} balance: {fmt_cor(run_ledger(data_dir, ledger_url, go))}")
+    console.print(f"{account} balance: {format_cor(run_ledger(data_dir, ledger_url, go))}")
 
 
 def stake(
@@ -145,7 +140,7 @@ def stake(
         await ledger.stake(node, units, pool)
         return await ledger.staked(node)
 
-    console.print(f"{node} staked: {fmt_cor(run_ledger(data_dir, ledger_url, go))} (pool {pool})")
+    console.print(f"{node} staked: {format_cor(run_ledger(data_dir, ledger_url, go))} (pool {pool})")
 
 
 def unstake(
@@ -157,7 +152,7 @@ def unstake(
     """Start the unstake cooldown (the stake can still be slashed until it ends)."""
     units = parse_cor(amount)
     when = run_ledger(data_dir, ledger_url, lambda lg: lg.request_unstake(node, units))
-    console.print(f"{fmt_cor(units)} unstaking; available at {when.isoformat()}")
+    console.print(f"{format_cor(units)} unstaking; available at {when.isoformat()}")
 
 
 def balance(
@@ -170,10 +165,10 @@ def balance(
     table = Table("account", "balance", "staked", "unstaking", "earned", "pool")
     table.add_row(
         view.address,
-        fmt_cor(view.balance),
-        fmt_cor(view.staked),
-        fmt_cor(view.unstaking.amount),
-        fmt_cor(view.earned),
+        format_cor(view.balance),
+        format_cor(view.staked),
+        format_cor(view.unstaking.amount),
+        format_cor(view.earned),
         str(view.pool if view.pool is not None else "-"),
     )
     console.print(table)

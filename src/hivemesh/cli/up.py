@@ -21,7 +21,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from hivemesh.cli.demo import MINER_POOL, miner_dir, prepare_economy
+from hivemesh.cli.demo import MINER_POOL, append_once, miner_dir, prepare_economy
 from hivemesh.identity import Identity
 
 START_TIMEOUT_S = 600.0
@@ -32,12 +32,7 @@ _VALIDATOR_READY = "validator ready"
 def ensure_validator(data_dir: Path) -> str:
     """The network's validator: its key made once, its address allowed on the router (``validators.txt``)."""
     identity = Identity.load_or_create(data_dir / "validator" / "validator.key")
-    allowed = data_dir / "router" / "validators.txt"
-    allowed.parent.mkdir(parents=True, exist_ok=True)
-    existing = allowed.read_text().split() if allowed.exists() else []
-    if identity.address not in existing:
-        with allowed.open("a") as f:
-            f.write(identity.address + "\n")
+    append_once(data_dir / "router" / "validators.txt", identity.address)
     return identity.address
 
 

@@ -5,6 +5,7 @@ Amounts are ``int`` in the smallest unit; ``COR`` is one COR (10**18).
 """
 
 from hivemesh.ledger.accounts import COR, REWARD_POOL, TREASURY, WORLD, EntryKind
+from hivemesh.ledger.book import cor as format_cor
 from hivemesh.ledger.chain import VerifyReport
 from hivemesh.ledger.keys import KeyInfo, KeyStore
 from hivemesh.ledger.ledger import Ledger, account_name
@@ -30,4 +31,5 @@ __all__ = [
     "Unstaking",
     "VerifyReport",
     "account_name",
+    "format_cor",
 ]

@@ -25,8 +25,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hivemesh.config import COR, BillingConfig, Price
+from hivemesh.config import BillingConfig, Price
 from hivemesh.errors import InsufficientFunds, LedgerError, NotFound, PaymentRequired
+from hivemesh.ledger import format_cor
 from hivemesh.router.domain import Outcome, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class Billing:
         except (InsufficientFunds, NotFound):  # not enough escrow, or none opened yet
             if not default_session:
                 raise PaymentRequired(
-                    f"session {spec.session.id} has not enough escrow for this request (needs {fmt(amount)} COR); "
+                    f"session {spec.session.id} has not enough escrow for this request (needs {format_cor(amount)}); "
                     "fund it with POST /api/v1/sessions/{id}/deposit"
                 ) from None
         try:
@@ -91,7 +92,7 @@ class Billing:
             await self.ledger.reserve(spec.session.id, spec.id, amount)
         except InsufficientFunds:
             raise PaymentRequired(
-                f"account {owner} has not enough balance for this request (needs up to {fmt(amount)} COR)"
+                f"account {owner} has not enough balance for this request (needs up to {format_cor(amount)})"
             ) from None
         return amount
 
@@ -171,13 +172,3 @@ class Billing:
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def fmt(amount: int) -> str:
-    """An amount in the smallest unit as a decimal COR string."""
-    whole, frac = divmod(amount, COR)
-    return f"{whole}.{frac:018d}".rstrip("0").rstrip(".") if frac else str(whole)
-
-
-def cor(amount: int) -> float:
-    return amount / COR
