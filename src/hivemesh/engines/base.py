@@ -31,6 +31,33 @@ class Piece:
 class Finished:
     finish_reason: Literal["stop", "length"]
     usage: Usage
+    # The generated token ids, in order, for engines that can tell (``ModelCard.tokens``); ends with the
+    # end-of-generation token when the model itself stopped, so a verifier checks that choice too.
+    tokens: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyRequest:
+    """A claimed answer to check: the request that produced it and the claimed tokens and text."""
+
+    request: GenerationRequest
+    tokens: tuple[int, ...]
+    output: str
+    finish_reason: Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChecks:
+    """Per-token evidence, one entry per claimed token (see ``protocol.wire.Evidence`` for each column)."""
+
+    picks: tuple[int, ...]
+    margins: tuple[float, ...]
+    ranks: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    text_ok: bool
+    prompt_tokens: int
+    context_length: int
+    problem: str = ""  # "" | "bad_token" | "context" (then the columns are empty)
 
 
 Event = Piece | Finished
@@ -49,3 +76,10 @@ class Engine(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[Event]: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """An engine that can check a claimed answer with one forward pass (advertised as ``ModelCard.verify``)."""
+
+    async def verify(self, request: VerifyRequest) -> TokenChecks: ...

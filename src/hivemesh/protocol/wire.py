@@ -25,6 +25,7 @@ connection nonce, so a message cannot be moved to another task, another node or 
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Literal, NewType
 
 import orjson
@@ -36,6 +37,9 @@ TaskId = NewType("TaskId", str)
 PROTOCOL_VERSION = 1
 
 Hex = Annotated[str, Field(pattern=r"^(0x)?[0-9a-fA-F]*$", max_length=4096)]
+Id = Annotated[str, Field(min_length=1, max_length=128)]  # task ids, node addresses, nonces on the wire
+MAX_TOKENS_CLAIMED = 16_384  # token ids one reveal or verify request may carry
+TokenIds = Annotated[tuple[Annotated[int, Field(ge=0, lt=2**31)], ...], Field(max_length=MAX_TOKENS_CLAIMED)]
 
 
 class _Msg(BaseModel):
@@ -61,6 +65,8 @@ class ModelCard(_Msg):
     id: str = Field(min_length=1, max_length=200)
     engine: str = Field(max_length=64)
     context_length: int = Field(ge=1)
+    verify: bool = False  # the engine can run token-level verification (a prefill with per-token evidence)
+    tokens: bool = False  # the engine reports the token ids it generated (needed to be a token-mode generator)
 
 
 class Hardware(_Msg):
@@ -122,6 +128,28 @@ class Ping(_Msg):
     nonce: str
 
 
+class Verify(_Msg):
+    """Check a claimed answer: one teacher-forced forward pass over prompt + ``tokens``, with the same model.
+
+    The verifier tokenises the prompt itself (from ``messages``/``prompt``, as a generator would), so a generator
+    cannot change what the tokens are checked against. ``params`` carries the sampling seed: the verifier replays
+    the sampler at each position and reports, per claimed token, what it would have picked and by what margin."""
+
+    type: Literal["verify"] = "verify"
+    task_id: str
+    model: str
+    kind: Literal["chat", "completion"]
+    messages: tuple[ChatMessage, ...] = ()
+    prompt: str = ""
+    params: SamplingParams
+    tokens: TokenIds
+    output: str  # the revealed text: the verifier checks that ``tokens`` detokenise to it
+    finish_reason: FinishReason
+    round: int = Field(default=0, ge=0, le=16)  # 0: first check; >= 1: escalation of a rejection
+    deadline_ms: int = Field(ge=1)
+    sig: str = ""
+
+
 # ---------------------------------------------------------------- miner -> router
 
 
@@ -174,6 +202,7 @@ class Commit(_Msg):
     usage: Usage
     finish_reason: FinishReason
     elapsed_ms: int = Field(ge=0)
+    tokens: TokenIds = ()  # the generated token ids (token mode), bound by the precommit digest
     sig: str = ""
 
 
@@ -183,16 +212,45 @@ class TaskFailed(_Msg):
     message: str = Field(max_length=2000)
 
 
+class Evidence(_Msg):
+    """A verifier's per-token evidence for one claimed answer (columns, one entry per claimed token).
+
+    ``picks[i]`` is the token the verifier's own logits and the task's replayable sampler select at position i;
+    ``margins[i]`` (logit units, >= 0; 0 where the pick is the claimed token) is how far the claimed token's
+    perturbed score falls behind the pick's; ``ranks[i]`` is the claimed token's 1-based rank among the perturbed
+    scores; ``logprobs[i]`` its log-probability under the verifier's distribution. ``text_ok`` says the claimed
+    tokens detokenise to the revealed output (with the stop string cut where ``finish_reason`` says so);
+    ``problem`` is a code for what made the check impossible, if anything: ``"bad_token"`` (a claimed id outside
+    the vocabulary: the generator's fault) or ``"context"`` (prompt + tokens exceed the verifier's context:
+    nobody's fault); the columns are then empty."""
+
+    type: Literal["evidence"] = "evidence"
+    task_id: str
+    node: str
+    picks: TokenIds
+    margins: tuple[float, ...] = Field(max_length=MAX_TOKENS_CLAIMED)
+    ranks: tuple[Annotated[int, Field(ge=1)], ...] = Field(max_length=MAX_TOKENS_CLAIMED)
+    logprobs: tuple[float, ...] = Field(max_length=MAX_TOKENS_CLAIMED)
+    text_ok: bool
+    prompt_tokens: int = Field(ge=0)  # the prompt's length as the verifier tokenised it
+    context_length: int = Field(ge=1)  # the verifier's context: a "length" finish may end there, not at max_tokens
+    problem: str = Field(default="", max_length=500)
+    elapsed_ms: int = Field(ge=0)
+    sig: str = ""
+
+
 class Pong(_Msg):
     type: Literal["pong"] = "pong"
     nonce: str
 
 
-ToMiner = Annotated[Challenge | Welcome | Assign | RevealRequest | Cancel | Ping, Field(discriminator="type")]
-FromMiner = Annotated[
-    Hello | Ack | Delta | Precommit | Commit | TaskFailed | Pong, Field(discriminator="type")
+ToMiner = Annotated[
+    Challenge | Welcome | Assign | RevealRequest | Cancel | Ping | Verify, Field(discriminator="type")
 ]
-SignedFromMiner = Hello | Ack | Precommit | Commit
+FromMiner = Annotated[
+    Hello | Ack | Delta | Precommit | Commit | TaskFailed | Pong | Evidence, Field(discriminator="type")
+]
+SignedFromMiner = Hello | Ack | Precommit | Commit | Evidence
 
 _to_miner: TypeAdapter[ToMiner] = TypeAdapter(ToMiner)
 _from_miner: TypeAdapter[FromMiner] = TypeAdapter(FromMiner)
@@ -213,6 +271,15 @@ def decode_from_miner(data: str | bytes) -> FromMiner:
     if len(data) > MAX_FRAME:
         raise ValueError("frame too large")
     return _from_miner.validate_json(data)
+
+
+def commit_digest(salt: bytes, output: str, tokens: tuple[int, ...] = ()) -> str:
+    """The precommit digest: ``sha256(salt || output)``, and with token ids (token mode)
+    ``sha256(salt || output || 0x00 || "t1,t2,...")`` so the reveal cannot change the tokens either."""
+    body = salt + output.encode()
+    if tokens:
+        body += b"\x00" + ",".join(map(str, tokens)).encode()
+    return hashlib.sha256(body).hexdigest()
 
 
 def signing_payload(msg: _Msg, nonce: str) -> bytes:
