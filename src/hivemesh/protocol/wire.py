@@ -155,8 +155,8 @@ class Verify(_Msg):
 
 class Hello(_Msg):
     type: Literal["hello"] = "hello"
-    node: str  # checksum address; must equal the address recovered from sig
-    nonce: str  # the challenge nonce, echoed
+    node: Id  # checksum address; must equal the address recovered from sig
+    nonce: Id  # the challenge nonce, echoed
     models: tuple[ModelCard, ...] = Field(max_length=64)
     capacity: int = Field(ge=1, le=4096)
     pool: int = Field(default=0, ge=0)
@@ -167,8 +167,8 @@ class Hello(_Msg):
 
 class Ack(_Msg):
     type: Literal["ack"] = "ack"
-    task_id: str
-    node: str
+    task_id: Id
+    node: Id
     sig: str = ""
 
 
@@ -177,15 +177,15 @@ class Delta(_Msg):
     checks that the streamed text equals the committed one."""
 
     type: Literal["delta"] = "delta"
-    task_id: str
+    task_id: Id
     index: int = Field(ge=0)
     text: str
 
 
 class Precommit(_Msg):
     type: Literal["precommit"] = "precommit"
-    task_id: str
-    node: str
+    task_id: Id
+    node: Id
     digest: Hex  # sha256(salt || output), hex
     usage: Usage
     finish_reason: FinishReason
@@ -195,8 +195,8 @@ class Precommit(_Msg):
 
 class Commit(_Msg):
     type: Literal["commit"] = "commit"
-    task_id: str
-    node: str
+    task_id: Id
+    node: Id
     output: str
     salt: Hex
     usage: Usage
@@ -208,7 +208,7 @@ class Commit(_Msg):
 
 class TaskFailed(_Msg):
     type: Literal["task_failed"] = "task_failed"
-    task_id: str
+    task_id: Id
     message: str = Field(max_length=2000)
 
 
@@ -225,8 +225,8 @@ class Evidence(_Msg):
     nobody's fault); the columns are then empty."""
 
     type: Literal["evidence"] = "evidence"
-    task_id: str
-    node: str
+    task_id: Id
+    node: Id
     picks: TokenIds
     margins: tuple[float, ...] = Field(max_length=MAX_TOKENS_CLAIMED)
     ranks: tuple[Annotated[int, Field(ge=1)], ...] = Field(max_length=MAX_TOKENS_CLAIMED)
@@ -241,7 +241,7 @@ class Evidence(_Msg):
 
 class Pong(_Msg):
     type: Literal["pong"] = "pong"
-    nonce: str
+    nonce: Id
 
 
 ToMiner = Annotated[
