@@ -11,7 +11,7 @@ from hivemesh.ledger.keys import KeyInfo, KeyStore
 from hivemesh.ledger.ledger import Ledger, account_name
 from hivemesh.ledger.limits import LimitState, RateLimiter
 from hivemesh.ledger.queries import EntryView
-from hivemesh.ledger.views import AccountView, Settlement, StakePools, Unstaking
+from hivemesh.ledger.views import AccountView, HoldView, Settlement, StakePools, Unstaking
 
 __all__ = [
     "COR",
@@ -21,6 +21,7 @@ __all__ = [
     "AccountView",
     "EntryKind",
     "EntryView",
+    "HoldView",
     "KeyInfo",
     "KeyStore",
     "Ledger",

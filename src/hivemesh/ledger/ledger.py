@@ -35,7 +35,7 @@ from hivemesh.ledger.db import Database
 from hivemesh.ledger.keys import KeyInfo, KeyStore
 from hivemesh.ledger.queries import EntryView
 from hivemesh.ledger.schema import accounts, chain_heads, migrate, stakes
-from hivemesh.ledger.views import AccountView, Settlement, StakePools, Unstaking
+from hivemesh.ledger.views import AccountView, HoldView, Settlement, StakePools, Unstaking
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -294,9 +294,31 @@ class Ledger:
         """Refund what is left in escrow and close the session; return the refund (0 if already closed)."""
         return await self._run(lambda book: escrow.close_session(book, session_id, refund_to))
 
-    async def reserve(self, session_id: str, task_id: str, amount: int) -> None:
-        """Hold ``amount`` of the session's escrow for one task, or raise ``InsufficientFunds``."""
-        await self._run(lambda book: escrow.reserve(book, session_id, task_id, amount))
+    async def reserve(
+        self,
+        session_id: str,
+        task_id: str,
+        amount: int,
+        *,
+        top_up_from: str | None = None,
+        key_id: str | None = None,
+    ) -> None:
+        """Hold ``amount`` of the session's escrow for one task, or raise ``InsufficientFunds``.
+
+        ``top_up_from``: first move exactly the escrow's shortfall from this owner's balance (opening the
+        session if need be), in the same transaction. ``key_id``: the API key
+        whose budget (if it has one) the hold counts against; a hold beyond it raises ``InsufficientFunds``
+        with code ``budget_exceeded``. Retrying with the same task and amount changes nothing."""
+        await self._run(
+            lambda book: escrow.reserve(
+                book, session_id, task_id, amount, top_up_from=top_up_from, key_id=key_id
+            )
+        )
+
+    async def held(self) -> list[HoldView]:
+        """Every hold still reserved (neither settled nor released), oldest first: for crash recovery."""
+        async with self._db.read() as conn:
+            return await escrow.held(conn)
 
     async def settle(self, task_id: str, payouts: Mapping[str, int], treasury_fee: int = 0) -> Settlement:
         """Pay miners and the fee from the task's hold and release the rest, atomically; idempotent per task."""

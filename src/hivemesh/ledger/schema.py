@@ -31,6 +31,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    inspect,
     select,
     text,
 )
@@ -153,6 +154,7 @@ holds = Table(
     Column("payouts", Text),  # JSON {account: "amount"} of a settlement, sorted keys
     Column("created_us", Ts, nullable=False),
     Column("closed_us", Ts),
+    Column("key_id", String(40)),  # v2: the API key whose budget the hold counts against (budgeted keys only)
 )
 Index("ix_holds_session_state", holds.c.session_id, holds.c.state)
 
@@ -186,6 +188,7 @@ api_keys = Table(
     Column("rpm", Integer),
     Column("tpm", Integer),
     Column("budget", Amount),
+    Column("spent", Amount, nullable=False, server_default="0"),  # v2: held + charged against the budget
 )
 Index("ix_api_keys_account", api_keys.c.account)
 
@@ -202,7 +205,33 @@ async def _m001_initial(conn: AsyncConnection) -> None:
     await conn.run_sync(lambda sync: metadata.create_all(sync, tables=v1))
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial tables", _m001_initial),)
+_M002_COLUMNS = {
+    # table -> (column, its DDL per dialect)
+    "holds": ("key_id", {"sqlite": "VARCHAR(40)", "postgresql": "VARCHAR(40)"}),
+    "api_keys": (
+        "spent",
+        {"sqlite": "VARCHAR(80) NOT NULL DEFAULT '0'", "postgresql": "NUMERIC(78, 0) NOT NULL DEFAULT 0"},
+    ),
+}
+
+
+async def _m002_key_budgets(conn: AsyncConnection) -> None:
+    """Key budgets: ``holds.key_id`` and ``api_keys.spent``. Migration 1 creates tables from the current
+    metadata, so a database created by this version has the columns already: add only those missing."""
+
+    def missing(sync: Any) -> list[tuple[str, str]]:
+        have = {t: {c["name"] for c in inspect(sync).get_columns(t)} for t in _M002_COLUMNS}
+        return [(t, col) for t, (col, _) in _M002_COLUMNS.items() if col not in have[t]]
+
+    for table, column in await conn.run_sync(missing):
+        ddl = _M002_COLUMNS[table][1][conn.dialect.name]
+        await conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial tables", _m001_initial),
+    Migration(2, "key budgets", _m002_key_budgets),
+)
 
 _PG_MIGRATION_LOCK = 0x68_6D_6C_65  # "hmle": pg_advisory_xact_lock key serialising concurrent Ledger.open
 

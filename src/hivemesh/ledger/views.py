@@ -45,6 +45,16 @@ class Settlement:
         return sum(self.payouts.values()) + self.treasury_fee
 
 
+@dataclass(frozen=True)
+class HoldView:
+    """A reservation still held for a task: neither settled nor released."""
+
+    task_id: str
+    session_id: str
+    amount: int
+    created_at: datetime
+
+
 def frozen_payouts(payouts: Mapping[str, int]) -> Mapping[str, int]:
     return MappingProxyType(dict(sorted(payouts.items())))
 

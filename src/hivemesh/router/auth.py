@@ -8,6 +8,7 @@ in behind the same two-method seam.
 from __future__ import annotations
 
 import hashlib
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,6 +22,13 @@ class Principal:
     rpm: int | None = None
     tpm: int | None = None
     admin: bool = False  # a router static key: may use the admin endpoints
+    budget: int | None = None  # the key's spending cap (smallest unit), enforced by the ledger at reserve
+
+
+# The principal of the request being served (set by ``authenticate``, so it follows the request's own asyncio
+# task into the service): billing reads it to count a reservation against the calling key's budget on every
+# path that submits work, whichever API the request came through.
+current_principal: ContextVar[Principal | None] = ContextVar("hivemesh_principal", default=None)
 
 
 class Authenticator(Protocol):
@@ -48,11 +56,11 @@ class StaticKeys:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not self.hashes:
-            return Principal(owner="anonymous")
+            return _enter(Principal(owner="anonymous"))
         h = key_hash(bearer(authorization))
         if h not in self.hashes:
             raise AuthenticationFailed("Incorrect API key provided.")
-        return Principal(owner="key:" + h[:16], key_id=h[:16], admin=True)
+        return _enter(Principal(owner="key:" + h[:16], key_id=h[:16], admin=True))
 
 
 class LedgerKeys:
@@ -64,7 +72,15 @@ class LedgerKeys:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         secret = bearer(authorization)
-        if key_hash(secret) in self.static.hashes:
-            return Principal(owner="key:" + key_hash(secret)[:16], key_id=key_hash(secret)[:16], admin=True)
+        h = key_hash(secret)
+        if h in self.static.hashes:
+            return _enter(Principal(owner="key:" + h[:16], key_id=h[:16], admin=True))
         info = await self.ledger.authenticate(secret)
-        return Principal(owner=info.account, key_id=info.key_id, rpm=info.rpm, tpm=info.tpm)
+        return _enter(
+            Principal(owner=info.account, key_id=info.key_id, rpm=info.rpm, tpm=info.tpm, budget=info.budget)
+        )
+
+
+def _enter(principal: Principal) -> Principal:
+    current_principal.set(principal)
+    return principal

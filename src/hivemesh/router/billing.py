@@ -28,6 +28,7 @@ from typing import Any
 from hivemesh.config import BillingConfig, Price
 from hivemesh.errors import InsufficientFunds, LedgerError, NotFound, PaymentRequired
 from hivemesh.ledger import format_cor
+from hivemesh.router.auth import current_principal
 from hivemesh.router.domain import Outcome, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -64,37 +65,46 @@ class Billing:
         return k * self.price(spec.model).of(outcome.usage.prompt_tokens, outcome.usage.completion_tokens)
 
     async def reserve(self, spec: TaskSpec, *, default_session: bool) -> int:
-        """Hold the task's worst case; raise PaymentRequired (402) if the money is not there."""
+        """Hold the task's worst case; raise PaymentRequired (402) if the money is not there.
+
+        One ledger transaction: on a key's default session it tops the escrow up by exactly the shortfall from
+        the owner's balance and reserves, so concurrent requests never take each other's top-up (no false 402)
+        and never overspend. A key with a ``budget`` (the request's principal, see ``auth.current_principal``)
+        gets 402 ``budget_exceeded`` when its held plus charged spend would pass the budget."""
         owner = spec.session.owner
         if not billed(owner):
             return 0
         amount = self.worst_case(spec)
         if amount == 0:
             return 0
+        caller = current_principal.get()
+        key_id = caller.key_id if caller is not None and caller.budget is not None else None
         try:
-            await self.ledger.reserve(spec.session.id, spec.id, amount)
-            return amount
-        except (InsufficientFunds, NotFound):  # not enough escrow, or none opened yet
-            if not default_session:
+            await self.ledger.reserve(
+                spec.session.id,
+                spec.id,
+                amount,
+                top_up_from=owner if default_session else None,
+                key_id=key_id,
+            )
+        except InsufficientFunds as exc:
+            if exc.code == "budget_exceeded":
+                raise PaymentRequired(exc.message, code="budget_exceeded") from None
+            if default_session:
                 raise PaymentRequired(
-                    f"session {spec.session.id} has not enough escrow for this request (needs {format_cor(amount)}); "
-                    "fund it with POST /api/v1/sessions/{id}/deposit"
+                    f"account {owner} has not enough balance for this request (needs up to {format_cor(amount)})"
                 ) from None
-        try:
-            shortfall = amount - await self.ledger.escrow_balance(spec.session.id)
-        except NotFound:
-            shortfall = amount
-        try:
-            if shortfall > 0:
-                await self.ledger.fund_session(
-                    spec.session.id, owner, shortfall, reason="top-up for a request"
-                )
-            await self.ledger.reserve(spec.session.id, spec.id, amount)
-        except InsufficientFunds:
-            raise PaymentRequired(
-                f"account {owner} has not enough balance for this request (needs up to {format_cor(amount)})"
-            ) from None
+            raise PaymentRequired(self._unfunded(spec, amount)) from None
+        except NotFound:  # a custom session never funded: no escrow opened yet
+            raise PaymentRequired(self._unfunded(spec, amount)) from None
         return amount
+
+    @staticmethod
+    def _unfunded(spec: TaskSpec, amount: int) -> str:
+        return (
+            f"session {spec.session.id} has not enough escrow for this request (needs {format_cor(amount)}); "
+            "fund it with POST /api/v1/sessions/{id}/deposit"
+        )
 
     def split(self, charge: int, consensus: Sequence[str]) -> tuple[dict[str, int], int]:
         """The charge as equal payouts to the consensus miners and the treasury's fee (plus the indivisible rest)."""

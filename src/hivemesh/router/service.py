@@ -35,6 +35,7 @@ from hivemesh.store.db import Row, Store
 log = logging.getLogger(__name__)
 
 RECOVERY_WAIT_S = 300.0  # how long a recovered task waits for a miner serving its model to (re)join
+ORPHAN_MARGIN_S = 5.0  # beyond the queue timeout: a hold older than both with no task row is an orphan
 
 
 class RouterService:
@@ -145,6 +146,8 @@ class RouterService:
         try:
             await self.scheduler.enqueue(Ticket(spec, start))
         except HivemeshError as exc:
+            if not persist:
+                raise  # a recovered task: _recover_one tries again, and releases its hold only when it gives up
             if self.billing is not None:
                 self.billing.settle_later(spec, None, 0)  # release the hold
             failed = {
@@ -186,30 +189,77 @@ class RouterService:
     # ------------------------------------------------------------------ recovery
 
     async def _recover(self) -> None:
+        """Finish what a previous process left: re-dispatch unfinished tasks, close answered ones with the
+        answer on record, then settle or release every hold that no running task will settle."""
         rows = await self.store.unfinished_tasks()
         if rows:
             log.info("recovering unfinished tasks count=%d", len(rows))
         for row in rows:
             self._spawn(self._recover_one(row), f"recover-{row['id']}")
-        # answered but not yet ended when the router stopped: close them with the answer on record
-        for row in await self.store.fetch_all(select(s.tasks).where(s.tasks.c.phase == "validated")):
-            if self.billing is not None and row["result"]:
-                session = await self.sessions.get(row["session_id"])
-                await self.billing.settle_recorded(row["id"], session.owner, row["result"])
+        # answered but not yet ended when the router stopped: close them (their holds are settled below)
+        for row in await self.store.fetch_all(select(s.tasks.c.id).where(s.tasks.c.phase == "validated")):
             await self.store.write(
                 update(s.tasks)
                 .where(s.tasks.c.id == row["id"])
                 .values(phase="ended", finished_at=time.time())
             )
+        if self.billing is not None:
+            await self._settle_stranded({row["id"] for row in rows})
+
+    async def _settle_stranded(self, running: set[str]) -> None:
+        """Holds a previous process left locked: a task that ended (its settlement ran in the background and
+        was lost with the process) is settled from its recorded answer, a failed one released, and a hold
+        without a task row (killed between the reserve and the row) released once it is older than any task
+        could wait for its row. Holds of re-dispatched tasks are settled when they end; holds younger than
+        this process belong to live requests. Settlement is idempotent, so running this twice pays nothing
+        twice."""
+        assert self.billing is not None
+        stale = [h for h in await self.ledger.held() if h.created_at.timestamp() < self.started_at]
+        stale = [h for h in stale if h.task_id not in running]
+        if not stale:
+            return
+        ids = [h.task_id for h in stale]
+        found = {
+            r["id"]: r
+            for r in await self.store.fetch_all(
+                select(s.tasks.c.id, s.tasks.c.phase, s.tasks.c.result, s.tasks.c.session_id).where(
+                    s.tasks.c.id.in_(ids)
+                )
+            )
+        }
+        settled = released = orphans = 0
+        for hold in stale:
+            row = found.get(hold.task_id)
+            if row is None:
+                orphans += 1
+                self._spawn(self._release_orphan(hold.task_id, hold.created_at.timestamp()), "orphan-hold")
+                continue
+            if row["phase"] in ("ended", "validated") and row["result"]:
+                session = await self.sessions.get(row["session_id"])
+                await self.billing.settle_recorded(row["id"], session.owner, row["result"])
+                settled += 1
+            elif row["phase"] in ("ended", "validated", "failed"):
+                with contextlib.suppress(HivemeshError):
+                    await self.ledger.release(row["id"], reason="task failed before a restart")
+                released += 1
+        log.info("stranded holds closed settled=%d released=%d orphans=%d", settled, released, orphans)
+
+    async def _release_orphan(self, task_id: str, created_at: float) -> None:
+        """Release a hold that has no task row, once no live task could still be about to write that row."""
+        wait = created_at + self.config.queue_timeout_s + ORPHAN_MARGIN_S - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if await self.store.get_task(task_id) is None:
+            with contextlib.suppress(HivemeshError):
+                await self.ledger.release(task_id, reason="orphan hold: the task was never recorded")
+            log.info("orphan hold released task_id=%s", task_id)
 
     async def _recover_one(self, row: Row) -> None:
         try:
             session = await self.sessions.get(row["session_id"])
             spec = task_from_row(row, session)
         except HivemeshError as exc:
-            await self.store.write(
-                update(s.tasks).where(s.tasks.c.id == row["id"]).values(phase="failed", error=exc.message)
-            )
+            await self._give_up(row["id"], exc.message)
             return
         self.store.submit(
             insert(s.task_events).values(task_id=spec.id, ts=time.time(), phase="recovered", detail={})
@@ -218,13 +268,31 @@ class RouterService:
         while True:
             try:
                 run = await self.submit(spec, stream=False, persist=False)
-                with contextlib.suppress(HivemeshError):
-                    await run.answer
-                return
-            except NoMinerAvailable:
+            except NoMinerAvailable as exc:
                 if time.monotonic() > deadline:
+                    await self._give_up(spec.id, exc.message)
                     return
                 await asyncio.sleep(1.0)
+                continue
+            except HivemeshError as exc:
+                await self._give_up(spec.id, exc.message)
+                return
+            with contextlib.suppress(HivemeshError):
+                await run.answer  # it settles (or releases) its hold when it ends, like any task
+            return
+
+    async def _give_up(self, task_id: str, why: str) -> None:
+        """A recovered task that will not run: mark it failed, then release its hold (never both run and
+        release)."""
+        now = time.time()
+        await self.store.write(
+            update(s.tasks)
+            .where(s.tasks.c.id == task_id)
+            .values(phase="failed", error=why, updated_at=now, finished_at=now)
+        )
+        if self.billing is not None:
+            with contextlib.suppress(HivemeshError):
+                await self.ledger.release(task_id, reason="task failed after a restart")
 
 
 def new_task_id() -> str:

@@ -3,12 +3,13 @@ Cortensor-style router endpoints (info, status, miners) for clients written agai
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import Response
@@ -39,9 +40,26 @@ class CreateSession(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+def _exact_amount(value: Any) -> int:
+    """An amount in the smallest unit, exactly: a JSON integer of any size or a decimal string of digits."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("must be an integer or a string of decimal digits (in 10**-18 COR)")
+    if isinstance(value, str):
+        if not re.fullmatch(r"[0-9]{1,78}", value.strip()):
+            raise ValueError("must be a string of decimal digits (in 10**-18 COR)")
+        value = int(value.strip())
+    amount = int(value)
+    if amount <= 0:
+        raise ValueError("must be greater than 0")
+    return amount
+
+
+ExactAmount = Annotated[int, BeforeValidator(_exact_amount)]
+
+
 class Amount(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    amount: int = Field(gt=0)  # in the smallest unit (10**-18 COR)
+    amount: ExactAmount  # in the smallest unit (10**-18 COR); JSON integer of any size, or decimal string
 
 
 class AdminDeposit(Amount):
@@ -54,6 +72,7 @@ class CreateKey(BaseModel):
     name: str = Field(default="", max_length=200)
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
+    budget: ExactAmount | None = None  # spending cap of the key, in 10**-18 COR (402 budget_exceeded past it)
     expires_in_s: float | None = Field(default=None, gt=0)
 
 
@@ -70,6 +89,28 @@ class SubmitPrompt(BaseModel):
     seed: int | None = None
     stream: bool = False
     wait: bool = True  # false: answer 202 with the task id at once; poll the task
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse_exact(request: Request, model: type[M]) -> M:
+    """Like ``parse_body``, for bodies carrying amounts: integers of any size survive (a JSON number beyond 64
+    bits is kept exact; orjson would refuse it)."""
+    try:
+        data = json.loads(await request.body())
+    except (ValueError, RecursionError):
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be valid JSON."
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise InvalidRequest(f"Invalid value for '{param}': {err['msg']}", param=param) from None
 
 
 def task_json(
@@ -239,17 +280,20 @@ class SessionApi:
     async def deposit(self, request: Request) -> Response:
         """Move funds from the caller's account into a session's escrow."""
         principal = await self.api.principal(request)
-        body = await parse_body(request, Amount)
+        body = await parse_exact(request, Amount)
         spec = await self.service.sessions.get(request.path_params["session_id"], owner=principal.owner)
         ledger = self._ledger()
         await ledger.fund_session(spec.id, principal.owner, body.amount, reason="deposit via the Session API")
         return JSONResponse({"session_id": spec.id, "escrow": str(await ledger.escrow_balance(spec.id))})
 
     async def account(self, request: Request) -> Response:
-        await self.api.principal(request)
+        principal = await self.api.principal(request)
         address = request.path_params["address"]
         if not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):
             raise InvalidRequest("address must be a 0x-prefixed 20-byte hex address", param="address")
+        if not principal.admin and principal.owner.lower() != address.lower():
+            # someone else's account: answered as if it did not exist (no balance, stake or earnings leak)
+            raise NotFound(f"No account {address!r} for this API key.", param="address")
         view = await self._ledger().account(address)
         return JSONResponse(
             {
@@ -271,18 +315,26 @@ class SessionApi:
         principal = await self.api.principal(request)
         if not principal.admin:
             raise PermissionDenied("creating API keys needs the router's admin key")
-        body = await parse_body(request, CreateKey)
+        body = await parse_exact(request, CreateKey)
         expires = datetime.now(UTC) + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
         key_id, secret = await self._ledger().create_key(
-            body.account, name=body.name, rpm=body.rpm, tpm=body.tpm, expires_at=expires
+            body.account, name=body.name, rpm=body.rpm, tpm=body.tpm, budget=body.budget, expires_at=expires
         )
-        return JSONResponse({"key_id": key_id, "secret": secret, "account": body.account}, status_code=201)
+        return JSONResponse(
+            {
+                "key_id": key_id,
+                "secret": secret,
+                "account": body.account,
+                "budget": None if body.budget is None else str(body.budget),
+            },
+            status_code=201,
+        )
 
     async def admin_deposit(self, request: Request) -> Response:
         principal = await self.api.principal(request)
         if not principal.admin:
             raise PermissionDenied("deposits from outside need the router's admin key")
-        body = await parse_body(request, AdminDeposit)
+        body = await parse_exact(request, AdminDeposit)
         ledger = self._ledger()
         await ledger.deposit(body.account, body.amount, reason="admin deposit")
         return JSONResponse({"account": body.account, "balance": str(await ledger.balance(body.account))})
@@ -347,12 +399,17 @@ class SessionApi:
             spec = self.api.build_spec(session, req, "completion", prompt=body.prompt)
         else:
             raise InvalidRequest("give a prompt or messages", param="prompt")
+        limits = self.api.rate_limit(principal, spec)  # the key's rpm/tpm, as on the OpenAI routes
         run = await self.service.submit(spec, stream=req.stream, default_session=False, durable=not body.wait)
         if req.stream:
-            return self.api.stream_response(run, spec, spec.kind, include_usage=True)
+            resp = self.api.stream_response(run, spec, spec.kind, include_usage=True)
+            resp.headers.update(limits)
+            return resp
         if not body.wait:
             return JSONResponse(
-                {"id": spec.id, "object": "task", "session_id": sid, "phase": "queued"}, status_code=202
+                {"id": spec.id, "object": "task", "session_id": sid, "phase": "queued"},
+                status_code=202,
+                headers=limits,
             )
         outcome = await run.answer
-        return JSONResponse(render(outcome, spec, spec.kind), headers=outcome_headers(outcome))
+        return JSONResponse(render(outcome, spec, spec.kind), headers={**outcome_headers(outcome), **limits})
