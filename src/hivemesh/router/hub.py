@@ -4,6 +4,24 @@ A miner dials in; the hub sends a Challenge, checks the signed Hello (the node i
 it), then routes every later frame to the task run it belongs to. Malformed frames, bad signatures and messages
 for tasks a node was not given are recorded against the node and dropped; a node that keeps doing it is cut off.
 Nothing a miner sends can raise out of the hub.
+
+Defences (what a hostile miner meets here):
+
+* A first frame that is not a valid, signed Hello (binary, not JSON, oversized, another message) closes the
+  connection with code 4401 and one log line; a binary frame later is a ``garbage`` strike.
+* Everything a miner sends that the hub records (strike details, task ids in ``node_events``, log fields) is cut
+  to ``MAX_RECORDED`` characters, whatever the wire models allow.
+* ``MAX_STRIKES`` protocol violations on one connection close it with 4400. A connection that sends frames faster
+  than ``FRAME_RATE`` per second (plus ``FRAME_RATE_PER_TASK`` for each task in flight on it, far above any
+  engine's token rate) beyond a burst of ``FRAME_BURST`` is struck once (``flood``) and closed with 4429. The hub
+  handles one frame at a time, so a fast sender never queues work in the router.
+
+Stake pools: a node claims a pool in its Hello and is refused at join (4402) unless its stake meets that pool's
+minimum. Pool 0 needs no stake, so it may serve only network tasks (a validator's checks) and user work that nobody
+pays for (the router's own static keys, an open router); billed user work (``serving(..., billed=True)``) goes only
+to nodes that joined at pool 1 or above. A node slashed below its pool's minimum is demoted to pool 0 on this
+connection by ``recheck_stake`` and refused at that pool on its next join: rejoining at pool 0 does not bring paid
+work back.
 """
 
 from __future__ import annotations
@@ -29,6 +47,12 @@ log = logging.getLogger(__name__)
 
 MAX_STRIKES = 20  # protocol violations on one connection before the hub hangs up
 HELLO_TIMEOUT_S = 10.0
+MAX_RECORDED = 256  # characters of anything a miner sent that the hub logs or stores (ids, details)
+FRAME_RATE = 1_000.0  # frames/s a connection may send with nothing in flight (pongs, a released tail)
+FRAME_RATE_PER_TASK = (
+    1_000.0  # more frames/s per task in flight (a Delta per token: no engine streams this fast)
+)
+FRAME_BURST = 5_000.0  # frames a connection may send at once above its rate
 
 
 class TaskSink(Protocol):
@@ -56,6 +80,16 @@ class MinerLink:
     finished: int = 0  # tasks completed on this connection's node (for the new-node share)
     closed: bool = False
     validated: bool = False  # passed a validator's check since this connection's hello (see ``serving``)
+    allowance: float = FRAME_BURST  # frames it may still send now (a token bucket refilled at its rate)
+    refilled_at: float = field(default_factory=time.monotonic)
+
+    def spend_frame(self) -> bool:
+        """Take one frame from the connection's allowance; False once it sends faster than its rate allows."""
+        now = time.monotonic()
+        rate = FRAME_RATE + FRAME_RATE_PER_TASK * max(self.inflight, 0)
+        self.allowance = min(FRAME_BURST, self.allowance + (now - self.refilled_at) * rate) - 1
+        self.refilled_at = now
+        return self.allowance >= 0
 
     @property
     def free(self) -> int:
@@ -106,10 +140,16 @@ class MinerHub:
         """The node's total reputation score in [0, 1] (0.5, neutral, without a reputation service)."""
         return self.reputation.total(node) if self.reputation is not None else 0.5
 
-    def serving(self, model: str, sla: str | None = None, *, network: bool = False) -> list[MinerLink]:
+    def serving(
+        self, model: str, sla: str | None = None, *, network: bool = False, billed: bool = False
+    ) -> list[MinerLink]:
         """Connected miners serving ``model``; with ``sla``, only those eligible for user work at that tier
-        (not quarantined, level and speed fit). Network tasks (``network=True``) may reach quarantined nodes."""
+        (not quarantined, level and speed fit). Network tasks (``network=True``) may reach quarantined nodes.
+        Billed user work (``billed=True``, ignored for network tasks) goes only to nodes staked for a pool above 0,
+        wherever the router checks stake at join (``admit`` set)."""
         out = [ln for ln in self.links.values() if model in ln.models and not ln.closed]
+        if billed and not network and self.admit is not None:
+            out = [ln for ln in out if ln.pool > 0]
         rep = self.reputation
         if sla is None or rep is None:
             return out
@@ -139,7 +179,9 @@ class MinerHub:
         nonce = secrets.token_hex(16)
         try:
             await ws.send_text(wire.encode(wire.Challenge(nonce=nonce, router=self.identity.address)))
-            raw = await asyncio.wait_for(ws.receive_text(), HELLO_TIMEOUT_S)
+            raw = await asyncio.wait_for(_receive(ws), HELLO_TIMEOUT_S)
+            if isinstance(raw, bytes):
+                raise ValueError("binary frame (the protocol is JSON text)")
             hello = wire.decode_from_miner(raw)
             if not isinstance(hello, wire.Hello):
                 raise BadSignature("first frame must be hello")
@@ -150,7 +192,10 @@ class MinerHub:
             log.warning("miner rejected at hello reason=%s", _short(exc))
             await _close(ws, 4401, f"hello rejected: {_short(exc)}")
             return
-        except (WebSocketDisconnect, RuntimeError):
+        except WebSocketDisconnect as exc:
+            log.info("miner left before hello code=%s", exc.code)
+            return
+        except RuntimeError:
             return
         node = hello.node
         if self.admit is not None and (why := await self.admit(node, hello.pool)) is not None:
@@ -180,12 +225,18 @@ class MinerHub:
                 "models": [c.model_dump() for c in hello.models],
                 "capacity": hello.capacity,
                 "pool": hello.pool,
-                "hardware": hello.hardware.model_dump(),
+                "hardware": hello.hardware.model_dump() | {"gpu": hello.hardware.gpu[:MAX_RECORDED]},
                 "version": hello.version,
             },
         )
         await link.send(wire.Welcome(node=node))
-        log.info("miner joined node=%s models=%s capacity=%d", node, sorted(link.models), link.capacity)
+        log.info(
+            "miner joined node=%s pool=%d models=%s capacity=%d",
+            node,
+            link.pool,
+            sorted(link.models),
+            link.capacity,
+        )
         self._notify()
         try:
             await self._receive_loop(link)
@@ -195,14 +246,20 @@ class MinerHub:
     async def _receive_loop(self, link: MinerLink) -> None:
         while True:
             try:
-                raw = await link.ws.receive_text()
+                raw = await _receive(link.ws)
             except WebSocketDisconnect as exc:
                 if exc.code == 1012:  # the server itself is restarting: in-flight tasks resume after it
                     self.shutting_down = True
                 return
-            except (RuntimeError, KeyError):
+            except RuntimeError:
+                return
+            if not link.spend_frame():
+                self.strike(link, "flood", None, "frames faster than any engine produces them")
+                await _close(link.ws, 4429, "flooding")
                 return
             try:
+                if isinstance(raw, bytes):
+                    raise ValueError("binary frame (the protocol is JSON text)")
                 msg = wire.decode_from_miner(raw)
             except (ValidationError, ValueError) as exc:
                 self.strike(link, "garbage", None, _short(exc))
@@ -225,7 +282,7 @@ class MinerHub:
             self.strike(link, "garbage", None, "second hello")
             return
         task_id = msg.task_id
-        if isinstance(msg, wire.Ack | wire.Precommit | wire.Commit):
+        if isinstance(msg, wire.Ack | wire.Precommit | wire.Commit | wire.Evidence):
             if msg.node != link.node:
                 self.strike(link, "bad_signature", task_id, f"message names node {msg.node}")
                 return
@@ -242,9 +299,9 @@ class MinerHub:
 
     def strike(self, link: MinerLink, kind: str, task_id: str | None, detail: str) -> None:
         link.strikes += 1
-        log.warning(
-            "miner strike node=%s kind=%s task_id=%s detail=%s", link.node, kind, task_id, detail[:200]
-        )
+        task_id = _bounded(task_id) if task_id is not None else None
+        detail = _bounded(detail)
+        log.warning("miner strike node=%s kind=%s task_id=%s detail=%s", link.node, kind, task_id, detail)
         self.store.node_event(link.node, kind, task_id, detail)
         if self.on_strike is not None:
             self.on_strike(link.node, kind, task_id)
@@ -262,6 +319,20 @@ class MinerHub:
         await _close(link.ws, 1000, why)
         self._notify()
 
+    async def recheck_stake(self, node: str) -> bool:
+        """Check a connected node's stake against its pool again (after a slash); a node now below its pool's
+        minimum is demoted to pool 0 on this connection (no billed work, see ``serving``). True if demoted."""
+        link = self.links.get(node)
+        if link is None or link.pool == 0 or self.admit is None:
+            return False
+        why = await self.admit(node, link.pool)
+        if why is None:
+            return False
+        log.warning("miner demoted node=%s pool=%d reason=%s", node, link.pool, why)
+        self.store.node_event(node, "demoted", None, _bounded(f"pool {link.pool} -> 0: {why}"))
+        link.pool = 0
+        return True
+
     async def disconnect(self, node: str, why: str) -> None:
         """Cut a node's connection (its in-flight work is reassigned); it may dial in again."""
         if (link := self.links.get(node)) is not None:
@@ -271,6 +342,22 @@ class MinerHub:
         self.shutting_down = True
         for link in list(self.links.values()):
             await self._drop(link, "router shutting down")
+
+
+async def _receive(ws: WebSocket) -> str | bytes:
+    """The next frame, text or binary (starlette's ``receive_text`` raises KeyError on a binary frame)."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    text = message.get("text")
+    if text is not None:
+        return str(text)
+    return bytes(message.get("bytes") or b"")
+
+
+def _bounded(text: str) -> str:
+    """What a miner sent, cut to ``MAX_RECORDED`` characters for a log line or a stored event."""
+    return text if len(text) <= MAX_RECORDED else f"{text[:MAX_RECORDED]}... ({len(text)} chars)"
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
