@@ -1,10 +1,30 @@
-"""The OpenAI edge: request bodies as clients send them. Lenient: unknown fields are accepted and ignored."""
+"""The OpenAI edge: request bodies as clients send them.
+
+Lenient about fields OpenAI does not define (accepted and ignored: clients add their own), strict about OpenAI
+parameters the network does not serve yet: ``unserved()`` names the first one a request sets to a value that
+would change the answer, and the router refuses it with a 400 naming that parameter instead of answering as if
+it had never been sent.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# ``seed``: OpenAI documents a signed 64-bit integer; unsigned 64-bit values (which some clients send) are taken
+# too. Seeds reach miners and the task record reduced into [0, 2**63) (``seed % 2**63``, so -1 -> 2**63-1): they
+# fit one signed 64-bit column and every miner gets the same non-negative seed. Engines with a narrower seed map
+# it themselves, the same way on every miner.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+SEED_SPACE = 2**63
+
+
+def _not_yet(param: str, what: str = "") -> tuple[str, str]:
+    return param, (
+        f"'{param}'{what} is not supported yet: the miners' engines do not serve it, and hivemesh refuses the "
+        "request rather than answer as if the parameter had not been sent. Remove it to run the request."
+    )
 
 
 class _Edge(BaseModel):
@@ -44,11 +64,14 @@ class _Sampling(_Edge):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int | None = Field(default=1, ge=1, le=128)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     user: str | None = None
     session_id: str | None = None  # hivemesh: run in this session instead of the key's default one
+    # OpenAI parameters accepted only at the values that leave the answer as the engines make it (``unserved``)
+    logit_bias: dict[str, float] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     @field_validator("stop")
     @classmethod
@@ -57,47 +80,121 @@ class _Sampling(_Edge):
             raise ValueError("at most 4 stop sequences")
         return v
 
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int | None) -> int | None:
+        if v is not None and not SEED_MIN <= v <= SEED_MAX:
+            raise ValueError(f"seed must be a 64-bit integer, between {SEED_MIN} and {SEED_MAX}")
+        return v
+
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
+    def engine_seed(self) -> int | None:
+        """The user's seed reduced into ``[0, SEED_SPACE)``, the same way for every miner (``-1`` -> ``2**63-1``)."""
+        return None if self.seed is None else self.seed % SEED_SPACE
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def unserved(self) -> tuple[str, str] | None:
+        """``(param, message)`` for the first OpenAI parameter set to something the network cannot serve yet."""
+        if self.n is not None and self.n > 1:
+            return "n", "n > 1 is not supported yet: send one request per choice (with different seeds)."
+        if self.logit_bias:
+            return _not_yet("logit_bias")
+        if self.top_logprobs:
+            return _not_yet("top_logprobs")
+        return None
+
+
+_AUTO = (None, "none", "auto")
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[InMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def unserved(self) -> tuple[str, str] | None:
+        for param, value in (("tools", self.tools), ("functions", self.functions)):
+            if value:
+                return _not_yet(param, " (tool calls)")
+        for param, choice in (("tool_choice", self.tool_choice), ("function_call", self.function_call)):
+            if choice not in _AUTO:
+                return _not_yet(param, " (tool calls)")
+        fmt = (self.response_format or {}).get("type", "text")
+        if fmt != "text":
+            return _not_yet("response_format", f" of type {fmt!r}")
+        if self.logprobs:
+            return _not_yet("logprobs")
+        return super().unserved()
+
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    best_of: int | None = Field(default=None, ge=1)
+    suffix: str | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and len(v) != 1:
-            raise ValueError("exactly one prompt per request is supported")
+    def _one_prompt(
+        cls, v: str | list[str] | list[int] | list[list[int]]
+    ) -> str | list[str] | list[int] | list[list[int]]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("the prompt list is empty")
+            if not isinstance(v[0], str):
+                raise ValueError("token-id prompts are not supported: the router has no tokenizer; send text")
+            if len(v) > 1:
+                raise ValueError(
+                    "one prompt per request is supported (a list of one string works); "
+                    "send one request per prompt"
+                )
+        text = v if isinstance(v, str) else v[0]
+        if isinstance(text, str) and not text:
+            raise ValueError("the prompt is empty: there is nothing to complete")
         return v
 
     def text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        p = self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+        assert isinstance(p, str)  # the validator let only strings through
+        return p
 
     def token_limit(self) -> int | None:
         return self.max_tokens
+
+    def unserved(self) -> tuple[str, str] | None:
+        if self.echo:
+            return _not_yet("echo")
+        if self.logprobs is not None:
+            return _not_yet("logprobs")
+        if self.best_of is not None and self.best_of > 1:
+            return _not_yet("best_of")
+        if self.suffix:
+            return _not_yet("suffix")
+        return super().unserved()
 
 
 class EmbeddingRequest(_Edge):
     model: str
     input: str | list[str] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: int | None = Field(default=None, ge=1)
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)

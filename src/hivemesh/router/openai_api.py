@@ -1,15 +1,27 @@
 """The OpenAI surface: /v1/chat/completions, /v1/completions, /v1/models, /v1/embeddings.
 
 Handlers parse, call the service, and serialise; the hivemesh verification block rides along in each response
-(``hivemesh`` field, ``x-hivemesh-*`` headers; in a stream, as the last event before ``[DONE]``).
+(``hivemesh`` field, ``x-hivemesh-*`` headers; in a stream, on the last event before ``[DONE]``: the chunk that
+carries ``finish_reason``, or with ``stream_options.include_usage`` the usage chunk after it).
+
+Before any miner is involved a request is refused (400) when it sets an OpenAI parameter the network does not
+serve, or when its prompt provably cannot fit: the router has no tokenizer, so it uses a lower bound on the
+prompt's token count, ``utf8_bytes // MAX_TOKEN_BYTES`` (no token of a byte-level BPE or SentencePiece vocabulary
+in use spans more than ``MAX_TOKEN_BYTES`` bytes of text), and refuses when that bound alone reaches the largest
+context any connected miner advertises for the model; and when the prompt could not travel in one miner frame
+(``wire.MAX_FRAME``). Prompts between the bound and the real limit reach a miner, whose own context error comes
+back as the same 400 (``context_length_exceeded``), not as a miner failure.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import orjson
@@ -17,17 +29,31 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from hivemesh.errors import HivemeshError, InvalidRequest, ModelNotFound, NoMinerAvailable
+from hivemesh.errors import (
+    ContextTooLong,
+    HivemeshError,
+    InvalidRequest,
+    ModelNotFound,
+    NoMinerAvailable,
+    UpstreamFailed,
+)
 from hivemesh.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_entry
-from hivemesh.protocol.wire import ChatMessage, SamplingParams
+from hivemesh.protocol.wire import MAX_FRAME, ChatMessage, SamplingParams
 from hivemesh.router.auth import Authenticator, Principal
 from hivemesh.router.domain import Outcome, SessionSpec, TaskSpec
-from hivemesh.router.runner import StreamEnd, TaskRun
+from hivemesh.router.runner import StreamEnd
 from hivemesh.router.service import RouterService, new_task_id
 from hivemesh.router.sse import DONE, frame
 
 Kind = Literal["chat", "completion"]
 M = TypeVar("M", bound=BaseModel)
+
+MAX_BODY = 2 * MAX_FRAME  # bytes of request body read at most; larger bodies are refused with 413
+PROMPT_FRAME_BUDGET = MAX_FRAME // 2  # JSON bytes of prompt + stops: the rest of a frame carries the answer
+MAX_TOKEN_BYTES = 128  # no vocabulary token spans more text than this (see the module docstring)
+_MINER_CONTEXT = re.compile(
+    r"no miner completed the task \(miner_error: (This model's maximum context length[^)]*)\)"
+)
 
 
 class JSONResponse(Response):
@@ -37,8 +63,56 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
+class Run(Protocol):
+    """What the API reads of a running task (the voting runner and the token-mode runner alike)."""
+
+    @property
+    def spec(self) -> TaskSpec: ...
+
+    @property
+    def answer(self) -> asyncio.Future[Outcome]: ...
+
+    @property
+    def stream(self) -> asyncio.Queue[str | StreamEnd] | None: ...
+
+
+def _too_large() -> InvalidRequest:
+    err = InvalidRequest(
+        f"The request body is larger than {MAX_BODY // 2**20} MiB, more than any miner frame can carry.",
+        code="request_too_large",
+    )
+    err.status = 413
+    return err
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``MAX_BODY`` (never read whole)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise _too_large()
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY:
+            raise _too_large()
+        parts.append(part)
+    return b"".join(parts)
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``model`` from ``data``, or InvalidRequest naming the first offending field (never pydantic's text)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise InvalidRequest(f"Invalid value for '{param}': {msg}", param=param) from None
+
+
 async def parse_body(request: Request, model: type[M]) -> M:
-    raw = await request.body()
+    raw = await read_body(request)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -47,12 +121,21 @@ async def parse_body(request: Request, model: type[M]) -> M:
         ) from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    return validate(model, data)
+
+
+def user_error(exc: HivemeshError, kind: Kind) -> HivemeshError:
+    """A miner's context-length refusal is the user's 400, not a miner failure (502, which clients retry)."""
+    if isinstance(exc, UpstreamFailed) and (m := _MINER_CONTEXT.fullmatch(exc.message)):
+        return ContextTooLong(m.group(1), param="messages" if kind == "chat" else "prompt")
+    return exc
+
+
+async def answer_of(run: Run) -> Outcome:
     try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        raise InvalidRequest(f"Invalid value for '{param}': {err['msg']}", param=param) from None
+        return await run.answer
+    except HivemeshError as exc:
+        raise user_error(exc, run.spec.kind) from None
 
 
 class OpenAIApi:
@@ -75,6 +158,9 @@ class OpenAIApi:
     async def get_model(self, request: Request) -> Response:
         await self.principal(request)
         mid = request.path_params["model"]
+        emb = self.service.embedder
+        if emb is not None and mid in (emb.model_id, "sentence-transformers/" + emb.model_id):
+            return JSONResponse(model_entry(emb.model_id, hivemesh={"kind": "embedding"}))
         if mid not in self.service.hub.models():
             raise ModelNotFound(f"The model '{mid}' does not exist", param="model")
         return JSONResponse(self._model_json(mid))
@@ -122,7 +208,7 @@ class OpenAIApi:
             resp = self.stream_response(run, spec, kind, include_usage=body.include_usage)
             resp.headers.update(limits)
             return resp
-        outcome = await run.answer
+        outcome = await answer_of(run)
         return JSONResponse(render(outcome, spec, kind), headers={**outcome_headers(outcome), **limits})
 
     def rate_limit(self, principal: Principal, spec: TaskSpec) -> dict[str, str]:
@@ -155,13 +241,17 @@ class OpenAIApi:
             )
         if session.model and session.model != body.model:
             raise InvalidRequest(f"session {session.id} is for model {session.model!r}", param="model")
+        if refused := body.unserved():
+            raise InvalidRequest(refused[1], param=refused[0])
+        self.check_fits(body, messages=messages, prompt=prompt)
         limit = body.token_limit()
+        seed = body.engine_seed()
         params = SamplingParams(
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
             max_tokens=min(limit or session.max_tokens, session.max_tokens),
             stop=body.stops(),
-            seed=secrets.randbits(31) if body.seed is None else body.seed,
+            seed=secrets.randbits(31) if seed is None else seed,
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
         )
@@ -177,7 +267,41 @@ class OpenAIApi:
             created_at=time.time(),
         )
 
-    def stream_response(self, run: TaskRun, spec: TaskSpec, kind: Kind, *, include_usage: bool) -> Response:
+    def check_fits(
+        self,
+        body: ChatCompletionRequest | CompletionRequest,
+        *,
+        messages: tuple[ChatMessage, ...] = (),
+        prompt: str = "",
+    ) -> None:
+        """Refuse a prompt that provably cannot fit the model's context, or a miner frame (module docstring)."""
+        param = "messages" if messages else "prompt"
+        texts = [m.content for m in messages] if messages else [prompt]
+        framed = len(orjson.dumps([*texts, *body.stops()]))
+        if framed > PROMPT_FRAME_BUDGET:
+            raise ContextTooLong(
+                f"This request's prompt is {framed} bytes; the network carries at most "
+                f"{PROMPT_FRAME_BUDGET} bytes of prompt per task. Please reduce the length of the messages.",
+                param=param,
+            )
+        context = max(
+            (
+                c.context_length
+                for ln in self.service.hub.serving(body.model)
+                for c in ln.cards
+                if c.id == body.model
+            ),
+            default=0,
+        )
+        at_least = sum(len(t.encode()) for t in texts) // MAX_TOKEN_BYTES
+        if context and at_least >= context:
+            raise ContextTooLong(
+                f"This model's maximum context length is {context} tokens. However, your prompt has at least "
+                f"{at_least} tokens. Please reduce the length of the {param}.",
+                param=param,
+            )
+
+    def stream_response(self, run: Run, spec: TaskSpec, kind: Kind, *, include_usage: bool) -> Response:
         assert run.stream is not None
         queue = run.stream
         created = int(spec.created_at)
@@ -217,15 +341,15 @@ class OpenAIApi:
                     continue
                 assert isinstance(item, StreamEnd)
                 if item.error is not None or item.outcome is None:
-                    err = item.error or HivemeshError("stream ended without an answer")
+                    err = user_error(item.error or HivemeshError("stream ended without an answer"), kind)
                     yield frame(err.body())
                     return
                 out = item.outcome
-                yield chunk([piece("", finish=out.finish_reason)])
-                tail: dict[str, Any] = {"hivemesh": out.verification()}
-                if include_usage:
-                    tail["usage"] = usage_json(out)
-                yield chunk([], **tail)
+                if include_usage:  # OpenAI's contract: the usage chunk, after the finish, has no choices
+                    yield chunk([piece("", finish=out.finish_reason)])
+                    yield chunk([], hivemesh=out.verification(), usage=usage_json(out))
+                else:  # a loop over chunk.choices[0] must not break: the verdict rides on the finish chunk
+                    yield chunk([piece("", finish=out.finish_reason)], hivemesh=out.verification())
                 yield DONE
                 return
 
@@ -251,8 +375,17 @@ class OpenAIApi:
         if any(not t for t in texts):
             raise InvalidRequest("input must not contain empty strings", param="input")
         vecs: np.ndarray = await emb.aembed(texts)
+        if body.dimensions is not None and body.dimensions != vecs.shape[-1]:
+            raise InvalidRequest(
+                f"{emb.model_id} makes {vecs.shape[-1]}-dimensional embeddings; it cannot shorten them "
+                f"to {body.dimensions}.",
+                param="dimensions",
+            )
         tokens = emb.count_tokens(texts)
-        data = [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)]
+        data = [
+            {"object": "embedding", "index": i, "embedding": embedding_json(v, body.encoding_format)}
+            for i, v in enumerate(vecs)
+        ]
         return JSONResponse(
             {
                 "object": "list",
@@ -261,6 +394,14 @@ class OpenAIApi:
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
+
+
+def embedding_json(vec: np.ndarray, encoding: Literal["float", "base64"]) -> list[float] | str:
+    """As OpenAI sends it: a list of floats, or base64 of the little-endian float32 bytes."""
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode()
+    floats: list[float] = vec.tolist()
+    return floats
 
 
 def usage_json(out: Outcome) -> dict[str, Any]:

@@ -19,9 +19,19 @@ from hivemesh import __version__
 from hivemesh.errors import InvalidRequest, NotFound, PermissionDenied
 from hivemesh.protocol.openai import ChatCompletionRequest, CompletionRequest, InMessage
 from hivemesh.protocol.wire import ChatMessage
-from hivemesh.router.openai_api import JSONResponse, OpenAIApi, outcome_headers, parse_body, render
+from hivemesh.router.openai_api import (
+    JSONResponse,
+    OpenAIApi,
+    answer_of,
+    outcome_headers,
+    parse_body,
+    render,
+    validate,
+)
 from hivemesh.router.sessions import to_json
 from hivemesh.store import schema as s
+
+MIN_TIMEOUT_S, MAX_TIMEOUT_S = 0.05, 3600.0
 
 
 class CreateSession(BaseModel):
@@ -31,10 +41,16 @@ class CreateSession(BaseModel):
     redundancy: int | None = None
     quorum: int | None = None
     mode: Literal["exact", "semantic", "none"] | None = None
-    threshold: float | None = None
-    ack_timeout_s: float | None = None
-    precommit_timeout_s: float | None = None
-    commit_timeout_s: float | None = None
+    threshold: float | None = Field(default=None, allow_inf_nan=False)
+    # a miner cannot ack, generate or reveal faster than a network round trip: below MIN_TIMEOUT_S every honest
+    # miner would miss its deadline and be struck for it
+    ack_timeout_s: float | None = Field(default=None, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, allow_inf_nan=False)
+    precommit_timeout_s: float | None = Field(
+        default=None, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, allow_inf_nan=False
+    )
+    commit_timeout_s: float | None = Field(
+        default=None, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, allow_inf_nan=False
+    )
     max_tokens: int | None = None
     sla: Literal["low", "medium", "high"] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -389,13 +405,13 @@ class SessionApi:
             "stream": body.stream and body.wait,
         }
         if body.messages:
-            req: ChatCompletionRequest | CompletionRequest = ChatCompletionRequest.model_validate(
-                {**common, "messages": body.messages}
+            req: ChatCompletionRequest | CompletionRequest = validate(
+                ChatCompletionRequest, {**common, "messages": body.messages}
             )
             messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
             spec = self.api.build_spec(session, req, "chat", messages=messages)
         elif body.prompt is not None:
-            req = CompletionRequest.model_validate({**common, "prompt": body.prompt})
+            req = validate(CompletionRequest, {**common, "prompt": body.prompt})
             spec = self.api.build_spec(session, req, "completion", prompt=body.prompt)
         else:
             raise InvalidRequest("give a prompt or messages", param="prompt")
@@ -411,5 +427,5 @@ class SessionApi:
                 status_code=202,
                 headers=limits,
             )
-        outcome = await run.answer
+        outcome = await answer_of(run)
         return JSONResponse(render(outcome, spec, spec.kind), headers={**outcome_headers(outcome), **limits})
