@@ -76,7 +76,7 @@ def _events(net: Network, node: str, n: int, timeout: float = 10) -> list[dict[s
     """The node's events once at least ``n`` are stored (the store writes in batches)."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = net.lt.run(net.service.store.node_events(node=node, limit=10_000))
+        rows: list[dict[str, Any]] = net.lt.run(net.service.store.node_events(node=node, limit=10_000))
         if len(rows) >= n or time.monotonic() > deadline:
             return rows
         time.sleep(0.02)
@@ -252,7 +252,7 @@ def _staked_miner(net: Network, name: str, pool: int) -> str:
         net.lt.run(ledger.deposit(identity.address, need))
         net.lt.run(ledger.stake(identity.address, need, pool))
     net.add_miner(name, pool=pool)
-    return identity.address
+    return str(identity.address)
 
 
 def test_pool_zero_nodes_are_not_eligible_for_billed_work(network: Network) -> None:
@@ -295,5 +295,5 @@ def test_a_billed_key_is_never_served_by_a_pool_zero_node(network: Network) -> N
         client.chat.completions.create(model=MODEL, messages=msgs)
     assert err.value.status_code == 503
     staked = _staked_miner(network, "staked", 1)
-    r = client.chat.completions.create(model=MODEL, messages=msgs)
-    assert r.model_extra["hivemesh"]["miners"] == [staked]
+    extra: Any = client.chat.completions.create(model=MODEL, messages=msgs).model_extra
+    assert extra["hivemesh"]["miners"] == [staked]
