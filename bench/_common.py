@@ -328,6 +328,7 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
     client_cpu_s: float = 0.0
+    statuses: dict[int, int] = field(default_factory=dict)  # counted responses by HTTP status
 
     @property
     def rps(self) -> float:
@@ -406,6 +407,7 @@ async def load_async(
                 continue
             if not counted:
                 continue
+            res.statuses[status] = res.statuses.get(status, 0) + 1
             if status == 200:
                 res.ok += 1
                 lat.append(dt * 1000.0)

@@ -147,7 +147,7 @@ class Ledger:
         """Run ``operation`` in one write transaction, again from the start if the database asks for a retry."""
         for attempt in range(_ATTEMPTS):
             try:
-                async with self._db.write() as conn:
+                async with self._db.transaction() as conn:
                     return await operation(Book(self._db, conn, self._shards, to_us(self._clock())))
             except RetryTransaction as e:
                 why = str(e)
