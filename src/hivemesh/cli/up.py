@@ -2,7 +2,7 @@
 
 Starts one router, N miners and a validator, each its own OS process with its own key and data folder under one data dir,
 shows progress while the router loads and the miners load the model and join, prints ready-to-paste client
-settings, and on Ctrl-C (or if any process dies) stops everything cleanly.
+settings, and on Ctrl-C or SIGTERM (or if any process dies) stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 import httpx
@@ -34,6 +35,11 @@ def ensure_validator(data_dir: Path) -> str:
     identity = Identity.load_or_create(data_dir / "validator" / "validator.key")
     append_once(data_dir / "router" / "validators.txt", identity.address)
     return identity.address
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (a service manager, ``kill``, a container stop) stops the network as Ctrl-C does."""
+    raise KeyboardInterrupt
 
 
 class Network:
@@ -97,6 +103,7 @@ def run_up(
     router_args += ["-m", str(min(quorum, k)), "--mode", mode]
     log_start = (net.logs / "router.log").stat().st_size if (net.logs / "router.log").exists() else 0
     url = None
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with Progress(
             SpinnerColumn(),
@@ -168,4 +175,8 @@ def run_up(
         console.print(f"[red]error:[/] {exc}")
         return 1
     finally:
-        net.stop()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the orderly stop short
+        try:
+            net.stop()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
