@@ -6,11 +6,13 @@ carries ``finish_reason``, or with ``stream_options.include_usage`` the usage ch
 
 Before any miner is involved a request is refused (400) when it sets an OpenAI parameter the network does not
 serve, or when its prompt provably cannot fit: the router has no tokenizer, so it uses a lower bound on the
-prompt's token count, ``utf8_bytes // MAX_TOKEN_BYTES`` (no token of a byte-level BPE or SentencePiece vocabulary
-in use spans more than ``MAX_TOKEN_BYTES`` bytes of text), and refuses when that bound alone reaches the largest
-context any connected miner advertises for the model; and when the prompt could not travel in one miner frame
-(``wire.MAX_FRAME``). Prompts between the bound and the real limit reach a miner, whose own context error comes
-back as the same 400 (``context_length_exceeded``), not as a miner failure.
+prompt's token count, ``utf8_bytes // MAX_TOKEN_BYTES``, sound as long as no token of the model's vocabulary spans
+more than ``MAX_TOKEN_BYTES`` bytes of text (SmolLM2's longest token is 32 bytes; 128 leaves room for vocabularies
+with long runs of whitespace or punctuation as single tokens), and refuses when that bound alone reaches the
+largest context any connected miner advertises for the model (``max_tokens`` is not added: engines shorten the
+answer to the room left, so only a prompt that leaves no room at all is certain to fail); and when the prompt
+could not travel in one miner frame (``wire.MAX_FRAME``). Prompts between the bound and the real limit reach a
+miner, whose own context error comes back as the same 400 (``context_length_exceeded``), not as a miner failure.
 """
 
 from __future__ import annotations
