@@ -8,7 +8,7 @@ from typing import Literal
 
 import platformdirs
 
-Mode = Literal["exact", "semantic", "none"]
+Mode = Literal["token", "exact", "semantic", "none"]
 
 
 def default_data_dir() -> Path:
@@ -20,9 +20,10 @@ def default_data_dir() -> Path:
 class SessionDefaults:
     """What a session gets when its creator does not say (also the per-API-key default session)."""
 
-    redundancy: int = 3  # k: miners per task
-    quorum: int = 2  # m: how many must agree for a verified answer
-    mode: Mode = "semantic"  # validation: exact digest, embedding similarity, or none
+    redundancy: int = 3  # k: generators per task in exact/semantic mode (token mode: always 1)
+    quorum: int = 2  # m: how many must agree for a verified answer (exact/semantic)
+    mode: Mode = "semantic"  # validation: token-level evidence, exact digest, embedding similarity, or none
+    verifiers: int = 1  # v: token mode's verifiers per answer (a rejection is rechecked by 2 more)
     threshold: float = 0.85  # cosine similarity that counts as agreement in semantic mode
     ack_timeout_s: float = 5.0  # a miner must ack an assignment within this
     precommit_timeout_s: float = 120.0  # ... and precommit (or, k=1/none, commit) within this

@@ -283,12 +283,12 @@ def test_forged_messages_are_bad_signatures_and_do_not_touch_the_victim(network:
     # its own forged ack did not count: the slot timed out waiting for a real one
     m = slot_of(view, rogue.address)
     assert m["status"] == "failed" and m["reason"] == "timeout_ack"
-    # the victim's record is its own: its precommit matches its own reveal, not the forged junk
+    # the victim's record is its own: its reveal matched its own precommit (the router checks the digest over
+    # salt, output and token ids), not the forged junk
     v = slot_of(view, victim)
-    assert (
-        v["precommit"]
-        == hashlib.sha256(bytes.fromhex(_salt(network, tid, victim)) + v["output"].encode()).hexdigest()
-    )
+    assert v["status"] == "committed" and v["reason"] is None and v["in_consensus"]
+    junk = hashlib.sha256(bytes.fromhex(_salt(network, tid, victim)) + b"junk").hexdigest()
+    assert v["precommit"] != junk
 
 
 def _salt(net: Network, tid: str, node: str) -> str:
@@ -355,7 +355,7 @@ def test_streaming_leader_drops_out_and_the_stream_still_completes(
             )
         )
         pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-        assert chunks[-1].choices == []
+        assert chunks[-1].choices[0].finish_reason is not None  # OpenAI's loop never meets an empty choices
         block = chunks[-1].model_extra["hivemesh"]  # the verdict rides on the last chunk
         if rogue.address not in block["miners"]:  # it was between connections when the task was assigned
             network.wait_miners(3)

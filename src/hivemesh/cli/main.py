@@ -57,9 +57,19 @@ def router(
         str | None,
         typer.Option(help="Ledger URL (postgresql+asyncpg://...); default SQLite ledger.db in the data dir."),
     ] = None,
-    redundancy: Annotated[int, typer.Option("-k", "--redundancy", help="Default miners per task.")] = 3,
-    quorum: Annotated[int, typer.Option("-m", "--quorum", help="Default miners that must agree.")] = 2,
-    mode: Annotated[str, typer.Option(help="Default validation: exact, semantic or none.")] = "semantic",
+    redundancy: Annotated[
+        int, typer.Option("-k", "--redundancy", help="Default generators per task (exact/semantic).")
+    ] = 3,
+    quorum: Annotated[int, typer.Option("-m", "--quorum", help="Default generators that must agree.")] = 2,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="Default validation: token (verifiers check every token), exact, semantic or none."
+        ),
+    ] = "token",
+    verifiers: Annotated[
+        int, typer.Option("--verifiers", help="Default verifiers per answer (token mode).")
+    ] = 1,
     semantic: Annotated[
         bool, typer.Option(help="Load the embedding model (semantic mode, /v1/embeddings).")
     ] = True,
@@ -69,9 +79,16 @@ def router(
     from hivemesh.cli.compose import serve_router, setup_logging
 
     setup_logging(log_level)
-    if mode not in ("exact", "semantic", "none"):
-        raise typer.BadParameter("mode must be exact, semantic or none")
-    defaults = SessionDefaults(redundancy=redundancy, quorum=min(quorum, redundancy), mode=mode)  # type: ignore[arg-type]
+    if mode not in ("token", "exact", "semantic", "none"):
+        raise typer.BadParameter("mode must be token, exact, semantic or none")
+    if not 1 <= verifiers <= 8:
+        raise typer.BadParameter("verifiers must be between 1 and 8")
+    defaults = SessionDefaults(
+        redundancy=redundancy,
+        quorum=min(quorum, redundancy),
+        mode=mode,  # type: ignore[arg-type]
+        verifiers=verifiers,
+    )
     cfg = RouterConfig(
         data_dir=data_dir or default_data_dir() / "router",
         host=host,
@@ -171,7 +188,7 @@ def up(
     engine: Annotated[str, typer.Option(help="Miner engine: llama or instant.")] = "llama",
     redundancy: Annotated[int, typer.Option("-k", "--redundancy")] = 3,
     quorum: Annotated[int, typer.Option("-m", "--quorum")] = 2,
-    mode: Annotated[str, typer.Option(help="exact, semantic or none")] = "semantic",
+    mode: Annotated[str, typer.Option(help="token, exact, semantic or none")] = "token",
 ) -> None:
     """Start a whole local network (one router, N miners, each its own process) and keep it running."""
     from hivemesh.cli.up import run_up

@@ -1,7 +1,10 @@
 """An engine that answers at once, deterministically: for benchmarks of the network itself and for tests.
 
 The output is a function of the request (model, prompt/messages, seed, max_tokens) only, so honest miners
-running it agree exactly, like greedy decoding of a real model.
+running it agree exactly, like greedy decoding of a real model. Its vocabulary is ``WORDS`` (token id = index,
+``EOS`` = len(WORDS)), so it takes part in token-level verification like a real engine: it reports the token ids
+it generated and verifies a claim by replaying the request (evidence with margin 0 where the claim matches, a
+large margin where it does not).
 """
 
 from __future__ import annotations
@@ -10,10 +13,21 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
-from hivemesh.engines.base import Event, Finished, GenerationRequest, Piece, Progress
+from hivemesh.engines.base import (
+    Event,
+    Finished,
+    GenerationRequest,
+    Piece,
+    Progress,
+    TokenChecks,
+    VerifyRequest,
+)
 from hivemesh.protocol.wire import ModelCard, Usage
 
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
+EOS = len(WORDS)
+CONTEXT = 8192
+MISMATCH_MARGIN = 100.0  # the margin an instant verifier reports for a token it would not have picked
 
 
 class InstantEngine:
@@ -28,7 +42,7 @@ class InstantEngine:
         self.token_delay_s = token_delay_s  # simulate a generation speed (tests of failover, benchmarks)
 
     def models(self) -> list[ModelCard]:
-        return [ModelCard(id=self.model, engine=self.name, context_length=8192)]
+        return [ModelCard(id=self.model, engine=self.name, context_length=CONTEXT, verify=True, tokens=True)]
 
     async def start(self, progress: Progress | None = None) -> None:
         if progress:
@@ -37,15 +51,44 @@ class InstantEngine:
     async def close(self) -> None:
         return None
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+    def _answer(self, request: GenerationRequest) -> tuple[list[int], int]:
+        """The token ids this request produces (ending with EOS when the answer is complete) and the prompt's
+        length in tokens."""
         text_in = request.prompt or "\n".join(m.content for m in request.messages)
         h = hashlib.sha256(f"{request.model}|{request.params.seed}|{text_in}".encode()).digest()
         n = min(self.tokens, request.params.max_tokens)
-        for i in range(n):
+        ids = [h[i % len(h)] % len(WORDS) for i in range(n)]
+        return (ids if n < self.tokens else [*ids, EOS]), max(1, len(text_in.split()))
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        ids, prompt_tokens = self._answer(request)
+        words = [t for t in ids if t != EOS]
+        for i, t in enumerate(words):
             if self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)
-            yield Piece(("" if i == 0 else " ") + WORDS[h[i % len(h)] % len(WORDS)])
-        prompt_tokens = max(1, len(text_in.split()))
+            yield Piece(("" if i == 0 else " ") + WORDS[t])
         yield Finished(
-            "length" if n < self.tokens else "stop", Usage(prompt_tokens=prompt_tokens, completion_tokens=n)
+            "stop" if ids[-1:] == [EOS] else "length",
+            Usage(prompt_tokens=prompt_tokens, completion_tokens=len(words)),
+            tokens=tuple(ids),
+        )
+
+    async def verify(self, request: VerifyRequest) -> TokenChecks:
+        expected, prompt_tokens = self._answer(request.request)
+        claimed = request.tokens
+        if any(not 0 <= t <= EOS for t in claimed):
+            return TokenChecks((), (), (), (), False, prompt_tokens, CONTEXT, problem="bad_token")
+        # After the expected answer ends, the "model" would stop: EOS is its pick there.
+        picks = tuple(expected[i] if i < len(expected) else EOS for i in range(len(claimed)))
+        same = [p == c for p, c in zip(picks, claimed, strict=True)]
+        words = [t for t in claimed if t != EOS]
+        text_ok = request.output == " ".join(WORDS[t] for t in words) and EOS not in claimed[:-1]
+        return TokenChecks(
+            picks=picks,
+            margins=tuple(0.0 if ok else MISMATCH_MARGIN for ok in same),
+            ranks=tuple(1 if ok else 2 for ok in same),
+            logprobs=tuple(0.0 if ok else -MISMATCH_MARGIN for ok in same),
+            text_ok=text_ok,
+            prompt_tokens=prompt_tokens,
+            context_length=CONTEXT,
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import secrets
@@ -24,14 +23,14 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from hivemesh import __version__
 from hivemesh.config import MinerConfig
-from hivemesh.engines.base import Engine, Finished, GenerationRequest, Piece
+from hivemesh.engines.base import Engine, Finished, GenerationRequest, Piece, Verifier, VerifyRequest
 from hivemesh.errors import BadSignature, HivemeshError
 from hivemesh.identity import Identity, verify
 from hivemesh.protocol import wire
 
 log = logging.getLogger(__name__)
 
-_S = TypeVar("_S", wire.Hello, wire.Ack, wire.Precommit, wire.Commit)
+_S = TypeVar("_S", wire.Hello, wire.Ack, wire.Precommit, wire.Commit, wire.Evidence)
 
 REVEAL_GRACE_S = 60.0  # how long after its precommit a miner keeps an output waiting for the reveal request
 
@@ -57,7 +56,7 @@ def hardware() -> wire.Hardware:
 
 @dataclass(eq=False)
 class _Job:
-    assign: wire.Assign
+    assign: wire.Assign | wire.Verify
     reveal: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -71,6 +70,7 @@ class MinerAgent:
         self.jobs: dict[str, _Job] = {}
         self.connected = asyncio.Event()
         self.served = 0
+        self.verified = 0
 
     async def run(self, on_join: Callable[[], None] | None = None) -> None:
         """Serve until cancelled, reconnecting whenever the router is unreachable."""
@@ -127,7 +127,7 @@ class MinerAgent:
             except ValueError as exc:
                 log.warning("bad frame from router error=%s", str(exc)[:200])
                 continue
-            if isinstance(msg, wire.Assign):
+            if isinstance(msg, wire.Assign | wire.Verify):
                 try:
                     verify(wire.signing_payload(msg, nonce), msg.sig, router)
                 except BadSignature as exc:
@@ -137,7 +137,12 @@ class MinerAgent:
                     continue
                 job = _Job(msg)
                 self.jobs[msg.task_id] = job
-                job.task = asyncio.create_task(self._serve(ws, nonce, job), name=f"job-{msg.task_id}")
+                work = (
+                    self._serve(ws, nonce, job)
+                    if isinstance(msg, wire.Assign)
+                    else self._check(ws, nonce, job)
+                )
+                job.task = asyncio.create_task(work, name=f"job-{msg.task_id}")
             elif isinstance(msg, wire.RevealRequest):
                 if (waiting := self.jobs.get(msg.task_id)) is not None:
                     waiting.reveal.set()
@@ -150,8 +155,51 @@ class MinerAgent:
     def _signed(self, msg: _S, nonce: str) -> _S:
         return msg.model_copy(update={"sig": self.identity.sign(wire.signing_payload(msg, nonce))})
 
+    async def _check(self, ws: ClientConnection, nonce: str, job: _Job) -> None:
+        """Verify a claimed answer: one forward pass, per-token evidence, signed."""
+        v = job.assign
+        assert isinstance(v, wire.Verify)
+        tid = v.task_id
+        try:
+            if not isinstance(self.engine, Verifier):
+                raise HivemeshError(f"engine {self.engine.name} cannot verify")
+            t0 = time.monotonic()
+            req = GenerationRequest(
+                model=v.model, kind=v.kind, params=v.params, messages=v.messages, prompt=v.prompt
+            )
+            checks = await self.engine.verify(VerifyRequest(req, v.tokens, v.output, v.finish_reason))
+            evidence = wire.Evidence(
+                task_id=tid,
+                node=self.identity.address,
+                picks=checks.picks,
+                margins=checks.margins,
+                ranks=checks.ranks,
+                logprobs=checks.logprobs,
+                text_ok=checks.text_ok,
+                prompt_tokens=checks.prompt_tokens,
+                context_length=checks.context_length,
+                problem=checks.problem,
+                elapsed_ms=int((time.monotonic() - t0) * 1000),
+            )
+            await ws.send(wire.encode(self._signed(evidence, nonce)))
+            self.verified += 1
+        except asyncio.CancelledError:
+            raise
+        except HivemeshError as exc:
+            with contextlib.suppress(Exception):
+                await ws.send(wire.encode(wire.TaskFailed(task_id=tid, message=exc.message)))
+        except websockets.exceptions.ConnectionClosed:
+            pass
+        except Exception as exc:
+            log.exception("verification crashed task_id=%s", tid)
+            with contextlib.suppress(Exception):
+                await ws.send(wire.encode(wire.TaskFailed(task_id=tid, message=f"miner error: {exc}"[:2000])))
+        finally:
+            self.jobs.pop(tid, None)
+
     async def _serve(self, ws: ClientConnection, nonce: str, job: _Job) -> None:
         a = job.assign
+        assert isinstance(a, wire.Assign)
         tid = a.task_id
         try:
             await ws.send(wire.encode(self._signed(wire.Ack(task_id=tid, node=self.identity.address), nonce)))
@@ -175,8 +223,9 @@ class MinerAgent:
             salt = secrets.token_bytes(16)
             elapsed = int((time.monotonic() - t0) * 1000)
             node, usage, fin = self.identity.address, finished.usage, finished.finish_reason
+            tokens = finished.tokens
             if a.reveal == "on_request":
-                digest = hashlib.sha256(salt + output.encode()).hexdigest()
+                digest = wire.commit_digest(salt, output, tokens)
                 pre = wire.Precommit(
                     task_id=tid, node=node, usage=usage, digest=digest, finish_reason=fin, elapsed_ms=elapsed
                 )
@@ -190,6 +239,7 @@ class MinerAgent:
                 salt=salt.hex(),
                 finish_reason=fin,
                 elapsed_ms=elapsed,
+                tokens=tokens,
             )
             await ws.send(wire.encode(self._signed(commit, nonce)))
             self.served += 1

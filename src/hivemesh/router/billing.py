@@ -33,7 +33,8 @@ from hivemesh.router.domain import Outcome, TaskSpec
 
 log = logging.getLogger(__name__)
 
-CHEATS = frozenset({"bad_reveal", "stream_mismatch", "bad_signature"})
+CHEATS = frozenset({"bad_reveal", "stream_mismatch", "bad_signature", "fraud", "false_accusation"})
+VERIFY_BPS = 5_000  # token mode: a verifier's prefill is paid half of what the generator gets per token
 TEMPLATE_ALLOWANCE = 64  # tokens a chat template may add around the messages
 
 
@@ -56,13 +57,22 @@ class Billing:
         return self.config.prices.get(model, self.config.default_price)
 
     def worst_case(self, spec: TaskSpec) -> int:
-        return spec.session.redundancy * self.price(spec.model).of(prompt_bound(spec), spec.params.max_tokens)
+        price = self.price(spec.model).of(prompt_bound(spec), spec.params.max_tokens)
+        if spec.session.mode == "token":
+            return _token_charge(price, spec.session.verifiers)
+        return spec.session.redundancy * price
 
     def charge(self, spec: TaskSpec, outcome: Outcome, k: int) -> int:
-        """What the user pays for an answered task (0 when disputed)."""
-        if outcome.verdict == "disputed" or not billed(spec.session.owner):
+        """What the user pays for an answered task: nothing when disputed or rejected, nor for an unverified
+        answer unless the session asked for no verification (mode "none")."""
+        if outcome.verdict in ("disputed", "rejected") or not billed(spec.session.owner):
             return 0
-        return k * self.price(spec.model).of(outcome.usage.prompt_tokens, outcome.usage.completion_tokens)
+        if outcome.verdict == "unverified" and spec.session.mode != "none":
+            return 0
+        price = self.price(spec.model).of(outcome.usage.prompt_tokens, outcome.usage.completion_tokens)
+        if outcome.mode == "token":
+            return _token_charge(price, len(outcome.verifiers))
+        return k * price
 
     async def reserve(self, spec: TaskSpec, *, default_session: bool) -> int:
         """Hold the task's worst case; raise PaymentRequired (402) if the money is not there.
@@ -106,11 +116,17 @@ class Billing:
             "fund it with POST /api/v1/sessions/{id}/deposit"
         )
 
-    def split(self, charge: int, consensus: Sequence[str]) -> tuple[dict[str, int], int]:
-        """The charge as equal payouts to the consensus miners and the treasury's fee (plus the indivisible rest)."""
+    def split(
+        self, charge: int, consensus: Sequence[str], *, token: bool = False
+    ) -> tuple[dict[str, int], int]:
+        """The charge as payouts to the consensus miners and the treasury's fee (plus the indivisible rest):
+        equal shares, or in token mode (``consensus`` = generator, then verifiers) the generator's share with
+        each verifier getting ``VERIFY_BPS`` of it."""
         fee = charge * self.config.fee_bps // 10_000
-        share, rest = divmod(charge - fee, len(consensus))
-        return {node: share for node in consensus}, fee + rest
+        weights = [10_000] + [VERIFY_BPS] * (len(consensus) - 1) if token else [1] * len(consensus)
+        total = sum(weights)
+        payouts = {node: (charge - fee) * w // total for node, w in zip(consensus, weights, strict=True)}
+        return payouts, charge - sum(payouts.values())
 
     def settle_later(self, spec: TaskSpec, outcome: Outcome | None, k: int) -> None:
         """Settle (or release) a finished task in the background; idempotent in the ledger."""
@@ -126,7 +142,7 @@ class Billing:
             if charge == 0 or outcome is None or not outcome.consensus:
                 await self.ledger.release(spec.id, reason="no verified answer")
                 return 0
-            payouts, fee = self.split(charge, outcome.consensus)
+            payouts, fee = self.split(charge, outcome.consensus, token=outcome.mode == "token")
             settlement = await self.ledger.settle(spec.id, payouts, treasury_fee=fee)
             return int(settlement.charged)
         except LedgerError:
@@ -142,7 +158,7 @@ class Billing:
             if charge == 0 or not consensus:
                 await self.ledger.release(task_id, reason="no verified answer")
                 return
-            payouts, fee = self.split(charge, consensus)
+            payouts, fee = self.split(charge, consensus, token=result.get("mode") == "token")
             await self.ledger.settle(task_id, payouts, treasury_fee=fee)
         except (LedgerError, NotFound):
             log.exception("settlement on recovery failed task_id=%s", task_id)
@@ -182,3 +198,8 @@ class Billing:
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _token_charge(price: int, verifiers: int) -> int:
+    """Token mode: the generation's price plus ``VERIFY_BPS`` of it per verifier (rounded up)."""
+    return -(-price * (10_000 + verifiers * VERIFY_BPS) // 10_000)

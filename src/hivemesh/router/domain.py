@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hivemesh.config import Mode
+from hivemesh.core.selection import draw_seed
 from hivemesh.protocol.wire import ChatMessage, SamplingParams, Usage
 
-Verdict = Literal["verified", "disputed", "unverified"]
+Verdict = Literal["verified", "disputed", "unverified", "rejected"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class SessionSpec:
     commit_timeout_s: float
     max_tokens: int
     sla: str = "low"
+    verifiers: int = 1  # token mode: verifiers per answer
     model: str | None = None
     name: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
@@ -44,6 +46,9 @@ class TaskSpec:
     created_at: float = 0.0
     network: bool = False  # a validator's task (liveness, capability, canary): may reach quarantined nodes
     target: str | None = None  # run on this node only (a capability test of one node)
+    # The router's own seed for the shuffle that picks miners (recorded on the task row for audit and replay);
+    # never the user's sampling seed, so a user cannot steer work to chosen miners.
+    shuffle_seed: int = field(default_factory=draw_seed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +70,22 @@ class Outcome:
     answered_by: str
     pending: tuple[str, ...] = ()  # miners still working when the answer went out
     cost: int = 0  # what the user pays for this answer, in the smallest unit (10**-18 COR)
+    verifiers: tuple[str, ...] = ()  # token mode: whose evidence accepted the answer
+    evidence: dict[str, Any] | None = None  # token mode: the verifiers' summary (checked, tolerated, margins)
+    fraud: tuple[dict[str, Any], ...] = ()  # token mode: fraud proofs of answers rejected in this task
+    shuffle_seed: int | None = None  # the router's seed for the miner draw (for audit)
 
     def verification(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.mode == "token":
+            extra = {
+                "generator": self.answered_by,
+                "verifiers": list(self.verifiers),
+                "evidence": self.evidence,
+                "fraud_proofs": list(self.fraud),
+            }
+        if self.shuffle_seed is not None:
+            extra["shuffle_seed"] = str(self.shuffle_seed)
         return {
             "task_id": self.task_id,
             "session_id": self.session_id,
@@ -80,4 +99,5 @@ class Outcome:
             "pending": list(self.pending),
             "answered_by": self.answered_by,
             "cost": str(self.cost),
+            **extra,
         }

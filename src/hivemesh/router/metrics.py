@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hivemesh.router.runner import TaskRun
 from hivemesh.router.service import RouterService
+from hivemesh.router.token_run import Run
 
 VERDICTS = ("verified", "disputed", "unverified", "failed")
 # task wall time: instant engines finish in milliseconds, real models in seconds to minutes
@@ -82,7 +82,7 @@ class RouterMetrics:
         self.registry.register(_LiveState(service))
         self.installed = False
 
-    def observe(self, run: TaskRun) -> None:
+    def observe(self, run: Run) -> None:
         """A ``RouterService.observers`` callback: one finished (``run.final``) or failed task."""
         final = run.final
         verdict = final.verdict if final is not None else "failed"

@@ -12,16 +12,15 @@ for the remaining slots so that every miner's dissent or timeout lands on the re
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from sqlalchemy import bindparam, delete, insert, update
 
-from hivemesh.core.agreement import Decision, Reveal, decide
+from hivemesh.core.agreement import Decision, Mode, Reveal, decide
+from hivemesh.core.pouw import MAX_CHARS_PER_TOKEN
 from hivemesh.core.reputation import Counters
 from hivemesh.core.selection import Candidate, rank
 from hivemesh.errors import HivemeshError, NoMinerAvailable, UpstreamFailed
@@ -30,36 +29,14 @@ from hivemesh.protocol import wire
 from hivemesh.protocol.wire import NodeId
 from hivemesh.router.domain import Outcome, TaskSpec, Verdict
 from hivemesh.router.hub import MinerHub, MinerLink
-from hivemesh.store import schema as s
+from hivemesh.router.record import ROW_DELAY_S, TaskRecord
 from hivemesh.store.db import Store
 
 log = logging.getLogger(__name__)
 
 PENDING = ("assigned", "acked", "precommitted", "revealing")
-_INSERT_TASK = insert(s.tasks)
-_INSERT_SLOT = insert(s.assignments)
-_INSERT_EVENT = insert(s.task_events)
-_DELETE_SLOT = delete(s.assignments).where(
-    s.assignments.c.task_id == bindparam("k_task"), s.assignments.c.node == bindparam("k_node")
-)
-_UPDATE_SLOT = update(s.assignments).where(
-    s.assignments.c.task_id == bindparam("k_task"), s.assignments.c.node == bindparam("k_node")
-)
-_UPDATE_TASK = update(s.tasks).where(s.tasks.c.id == bindparam("k_id"))
-_SLOT_COLUMNS = tuple(c.name for c in s.assignments.columns)
-_SLOT_DEFAULTS: dict[str, Any] = dict.fromkeys(_SLOT_COLUMNS)  # executemany rows must share their keys
-ROW_DELAY_S = (
-    0.05  # a task still running after this has its row written (faster ones write it once, at the end)
-)
-FLUSH_S = 0.25  # while miners work, the task's record is brought up to date at most this often
-PHASES = (
-    "queued",
-    "assigned",
-    "acked",
-    "precommitted",
-    "committed",
-    "validated",
-)  # task phase only moves forward
+REVEAL_GRACE_MIN_S = 0.25  # after a quorum has precommitted, the others get at least this long to precommit too
+REVEAL_GRACE_SHARE = 0.5  # ... or this share of the time the quorum took, if longer
 
 
 @dataclass(eq=False)
@@ -73,6 +50,7 @@ class Slot:
     digest: str | None = None
     parts: list[str] = field(default_factory=list)
     first_delta_at: float | None = None
+    size: int = 0  # characters streamed so far
     commit: wire.Commit | None = None
     reason: str | None = None
     acked: bool = False
@@ -113,7 +91,10 @@ class TaskRun:
         self.cost_of = cost_of
         self.stream = stream
         sess = spec.session
-        self.mode = sess.mode if (sess.mode != "semantic" or embed is not None) else "exact"
+        # token mode's network tasks (a validator's, aimed at one node) are checked by exact agreement
+        self.mode: Mode = "semantic" if sess.mode == "semantic" and embed is not None else (
+            sess.mode if sess.mode in ("exact", "none") else "exact"
+        )
         self.events: asyncio.Queue[tuple[str, wire.FromMiner | None]] = asyncio.Queue()
         self.slots: dict[str, Slot] = {}
         self.order: list[str] = []
@@ -125,17 +106,12 @@ class TaskRun:
         self.k = sess.redundancy
         self.m = sess.quorum
         self.immediate = False
-        self.phase = 0
+        self.reveal_asked = False  # a precommit that arrives after this never counts
+        self.reveal_at: float | None = None  # when the reveals are asked even if some miner is still generating
+        self.record = TaskRecord(spec.id, store)
         self._ready: Outcome | None = (
             None  # decided with nobody left running: published with the final record
         )
-        self._task_vals: dict[str, Any] = {}  # pending writes, flushed in order at checkpoints
-        self._event_rows: list[dict[str, Any]] = []
-        self._assign_rows: list[dict[str, Any]] = []
-        self._slot_vals: dict[str, dict[str, Any]] = {}
-        self._flushed = time.monotonic()
-        self.recovered = False  # set by the service for a task re-dispatched after a restart
-        self.pending_row: dict[str, Any] | None = None  # the task row, written with the first checkpoint
         self._row_timer: asyncio.TimerHandle | None = None
         self.final: Outcome | None = None  # the outcome as recorded once every miner is classified
         self.error: HivemeshError | None = None  # why the task failed, if it did
@@ -154,16 +130,15 @@ class TaskRun:
 
     async def run(self) -> None:
         """Drive the task to its end. ``begin`` must have been called."""
-        if (
-            self.pending_row is not None
-        ):  # a fast task writes its row with its end, a slow one after ROW_DELAY_S
-            self._row_timer = asyncio.get_running_loop().call_later(ROW_DELAY_S, self._flush)
+        if self.record.pending_row is not None:  # a fast task writes its row with its end, a slow one later
+            self._row_timer = asyncio.get_running_loop().call_later(ROW_DELAY_S, self.record.flush)
         try:
             await self._start()
             while self._pending():
-                timeout = (
-                    min(sl.deadline for sl in self.slots.values() if sl.status in PENDING) - time.monotonic()
-                )
+                wake = min(sl.deadline for sl in self.slots.values() if sl.status in PENDING)
+                if self.reveal_at is not None and not self.reveal_asked:
+                    wake = min(wake, self.reveal_at)
+                timeout = wake - time.monotonic()
                 try:
                     node, msg = await asyncio.wait_for(self.events.get(), max(0.0, timeout))
                 except TimeoutError:
@@ -171,8 +146,8 @@ class TaskRun:
                 else:
                     await self._handle(node, msg)
                 await self._progress()
-                if time.monotonic() - self._flushed > FLUSH_S:
-                    self._flush()  # long tasks: the record follows the miners while they work
+                if self.record.due():
+                    self.record.flush()  # long tasks: the record follows the miners while they work
             await self._finish()
         except HivemeshError as exc:
             await self._fail(exc)
@@ -205,10 +180,10 @@ class TaskRun:
             )
             for ln in serving
         ]
-        self.order = list(rank(cands, spec.params.seed))
+        self.order = list(rank(cands, spec.shuffle_seed))  # the router's seed: a user cannot steer the draw
         self.k = min(self.k, len(self.order)) or 1
         self.immediate = self.k == 1 and self.mode == "none"
-        self._task(candidates=list(self.order))
+        self.record.task(candidates=list(self.order))
         while len(self.slots) < self.k and self._reserve_next() is not None:
             pass
         if not self.slots:
@@ -253,16 +228,8 @@ class TaskRun:
         assign = assign.model_copy(
             update={"sig": self.identity.sign(wire.signing_payload(assign, slot.link.nonce))}
         )
-        self._assign_rows.append(
-            {
-                "task_id": self.spec.id,
-                "node": slot.node,
-                "slot": slot.index,
-                "status": "assigned",
-                "assigned_at": time.time(),
-            }
-        )
-        self._event("assigned", slot.node)
+        self.record.slot(slot.node, slot.index)
+        self.record.event("assigned", slot.node)
         if await slot.link.send(assign):
             return True
         self._fail_slot(slot, "disconnected")
@@ -291,8 +258,8 @@ class TaskRun:
             slot.status = "acked"
             slot.acked = True
             slot.deadline = slot.assigned_at + sess.precommit_timeout_s
-            self._slot_update(slot, acked_at=time.time())
-            self._event("acked", node)
+            self.record.slot_update(slot.node, acked_at=time.time())
+            self.record.event("acked", node)
         elif isinstance(msg, wire.Delta):
             if msg.index != len(slot.parts) or slot.status not in ("assigned", "acked"):
                 self.hub.strike(slot.link, "garbage", self.spec.id, f"delta {msg.index} out of order")
@@ -300,18 +267,31 @@ class TaskRun:
                 return
             if slot.first_delta_at is None:
                 slot.first_delta_at = now
+            slot.size += len(msg.text)
+            if slot.size > self.spec.params.max_tokens * MAX_CHARS_PER_TOKEN:
+                self.hub.strike(
+                    slot.link, "garbage", self.spec.id, "streamed more text than max_tokens allows"
+                )
+                self._fail_slot(slot, "garbage")
+                return
             slot.parts.append(msg.text)
             await self._forward(slot)
         elif isinstance(msg, wire.Precommit):
             if self.immediate or slot.status not in ("assigned", "acked"):
                 self.hub.strike(slot.link, "replay", self.spec.id, "unexpected precommit")
                 return
+            if self.reveal_asked:  # others may have revealed already: this one could be a copy
+                await slot.link.send(wire.Cancel(task_id=self.spec.id, reason="precommit after the reveal"))
+                self._fail_slot(slot, "late_precommit")
+                return
             slot.status = "precommitted"
             slot.acked = slot.precommitted = True
             slot.digest = msg.digest.lower().removeprefix("0x")
             slot.deadline = slot.assigned_at + sess.precommit_timeout_s + sess.commit_timeout_s
-            self._slot_update(slot, status="precommitted", precommit_at=time.time(), digest=slot.digest)
-            self._event("precommitted", node, digest=slot.digest)
+            self.record.slot_update(
+                slot.node, status="precommitted", precommit_at=time.time(), digest=slot.digest
+            )
+            self.record.event("precommitted", node, digest=slot.digest)
         elif isinstance(msg, wire.Commit):
             await self._on_commit(slot, msg)
         elif isinstance(msg, wire.TaskFailed):
@@ -330,10 +310,14 @@ class TaskRun:
                 salt = bytes.fromhex(msg.salt.removeprefix("0x"))
             except ValueError:
                 salt = b""
-            if hashlib.sha256(salt + msg.output.encode()).hexdigest() != slot.digest:
+            if wire.commit_digest(salt, msg.output, msg.tokens) != slot.digest:
                 self.hub.strike(slot.link, "bad_reveal", self.spec.id, "reveal does not match precommit")
                 self._fail_slot(slot, "bad_reveal")
                 return
+        if len(msg.output) > self.spec.params.max_tokens * MAX_CHARS_PER_TOKEN:
+            self.hub.strike(slot.link, "garbage", self.spec.id, "committed more text than max_tokens allows")
+            self._fail_slot(slot, "garbage")
+            return
         if slot.parts and slot.text != msg.output:
             self.hub.strike(
                 slot.link, "stream_mismatch", self.spec.id, "committed text differs from streamed"
@@ -344,8 +328,8 @@ class TaskRun:
         slot.commit = msg
         self._release(slot)  # the miner is done with this task: its capacity is free again
         ttft = int((slot.first_delta_at - slot.assigned_at) * 1000) if slot.first_delta_at else None
-        self._slot_update(
-            slot,
+        self.record.slot_update(
+            slot.node,
             status="committed",
             commit_at=time.time(),
             output=msg.output,
@@ -354,7 +338,7 @@ class TaskRun:
             ttft_ms=ttft,
             completion_tokens=msg.usage.completion_tokens,
         )
-        self._event("committed", slot.node)
+        self.record.event("committed", slot.node)
         if self.stream is not None and not slot.parts and msg.output:
             slot.parts.append(msg.output)  # a miner that did not stream can still lead
             await self._forward(slot)
@@ -384,16 +368,23 @@ class TaskRun:
             while live < self.k and self.order:
                 if not await self._assign_next():
                     break
-                self._event("swapped", None, live=live)
+                self.record.event("swapped", None, live=live)
                 live += 1
         pre = [sl for sl in self.slots.values() if sl.status in ("precommitted", "revealing", "committed")]
         generating = [sl for sl in self.slots.values() if sl.status in ("assigned", "acked")]
-        if pre and (len(pre) >= self.m or not generating):
+        now = time.monotonic()
+        if len(pre) >= self.m and self.reveal_at is None:
+            # a quorum has precommitted: the rest get a grace period, so an honest straggler still counts, then
+            # the reveals are asked and any precommit after that is not counted (it could be a copy)
+            self.reveal_at = now + max(REVEAL_GRACE_MIN_S, REVEAL_GRACE_SHARE * (now - self.started))
+        due = self.reveal_asked or (self.reveal_at is not None and now >= self.reveal_at)
+        if pre and (not generating or due):
             for sl in pre:
                 if sl.status == "precommitted":
                     sl.status = "revealing"
+                    self.reveal_asked = True
                     sl.deadline = time.monotonic() + self.spec.session.commit_timeout_s
-                    self._event("reveal_requested", sl.node)
+                    self.record.event("reveal_requested", sl.node)
                     await sl.link.send(wire.RevealRequest(task_id=self.spec.id))
         leader_busy = self.leader is not None and self.leader.status in PENDING
         if (
@@ -452,21 +443,27 @@ class TaskRun:
             similarity=d.similarity,
             miners=tuple(self.slots),
             consensus=tuple(d.consensus),
-            dissent=tuple(
-                n for n, sl in self.slots.items() if sl.status not in PENDING and n not in d.consensus
-            ),
+            dissent=self._dissent(set(d.consensus)),
             answered_by=lead.node,
             pending=tuple(n for n, sl in self.slots.items() if sl.status in PENDING),
         )
         if self.cost_of is not None:
             outcome = replace(outcome, cost=self.cost_of(self, outcome))
-        self._event("validated", None, verdict=verdict, agreement=d.score)
+        self.record.event("validated", None, verdict=verdict, agreement=d.score)
         if not self._pending():
             self._ready = outcome  # nobody left running: _finish writes the whole record once, then publishes
             return
-        self._task(**self._record(outcome, "validated"))
-        await self._persist()  # durable before anyone sees it
+        self.record.task(**self._record(outcome, "validated"))
+        await self.record.persist()  # durable before anyone sees it
         self._publish(outcome)
+
+    def _dissent(self, consensus: set[str]) -> tuple[str, ...]:
+        """Miners that ended outside the consensus; a late precommit is not counted either way."""
+        return tuple(
+            n
+            for n, sl in self.slots.items()
+            if sl.status not in PENDING and n not in consensus and sl.reason != "late_precommit"
+        )
 
     def _publish(self, outcome: Outcome) -> None:
         self.answer.set_result(outcome)
@@ -507,21 +504,24 @@ class TaskRun:
             outcome = replace(
                 outcome,
                 consensus=tuple(n for n in self.slots if n in consensus),
-                dissent=tuple(n for n in self.slots if n not in consensus),
+                dissent=self._dissent(consensus),
                 pending=(),
             )
+        voted = outcome.verdict == "verified"  # a disputed task proves nobody wrong: no dissent strikes
         for sl, _ in self.reveals:
             agree = sl.node in outcome.consensus
-            self._slot_update(sl, in_consensus=agree)
-            if not agree:
+            self.record.slot_update(sl.node, in_consensus=agree if voted else None)
+            if not agree and voted:
                 self.hub.strike(sl.link, "dissent", self.spec.id, "outvoted")
             sl.link.finished += 1
             self.hub.finished_counts[sl.node] = sl.link.finished
         self.final = outcome
-        self._score(set(outcome.consensus), none_mode=self.mode == "none")
-        self._event("ended", None, verdict=outcome.verdict)
-        self._task(**self._record(outcome, "ended"))
-        await self._persist()  # durable before anyone sees it (when the answer goes out only now)
+        self._score(
+            set(outcome.consensus), none_mode=self.mode == "none", judged=voted or self.mode == "none"
+        )
+        self.record.event("ended", None, verdict=outcome.verdict)
+        self.record.task(**self._record(outcome, "ended"))
+        await self.record.persist()  # durable before anyone sees it (when the answer goes out only now)
         if self._ready is not None:
             self._publish(outcome)
 
@@ -538,8 +538,9 @@ class TaskRun:
             "finished_at": now if phase == "ended" else None,
         }
 
-    def _score(self, consensus: set[str], *, none_mode: bool = False) -> None:
-        """Tell reputation how each miner's slot ended (once, when the task ends)."""
+    def _score(self, consensus: set[str], *, none_mode: bool = False, judged: bool = True) -> None:
+        """Tell reputation how each miner's slot ended (once, when the task ends). An unjudged (disputed) task
+        counts neither agreement nor dissent, and moves nobody's level."""
         if self.reputation is None:
             return
         none_mode = none_mode or self.spec.network  # a validator's task: its verdict comes with the report
@@ -556,8 +557,8 @@ class TaskRun:
                 precommitted_on_time=int(sl.precommitted or (self.immediate and c is not None)),
                 committed=int(c is not None or bad),
                 valid_reveals=int(c is not None),
-                in_consensus=int(c is not None and agree and not none_mode),
-                dissents=int(c is not None and not agree and not none_mode),
+                in_consensus=int(c is not None and agree and not none_mode and judged),
+                dissents=int(c is not None and not agree and not none_mode and judged),
                 timeouts=int(timeout),
                 bad_reveals=int(bad),
                 tokens=c.usage.completion_tokens if c else 0,
@@ -567,17 +568,21 @@ class TaskRun:
                 else 0,
                 ttft_samples=int(bool(c and sl.first_delta_at)),
             )
-            success = None if self.spec.network else c is not None and (agree or none_mode)
+            success = (
+                None
+                if self.spec.network or (c is not None and not judged)
+                else (c is not None and (agree or none_mode))
+            )
             self.reputation.record(sl.node, delta, success, task_id=self.spec.id)
 
     async def _fail(self, exc: HivemeshError) -> None:
         self.error = exc
         log.warning("task failed task_id=%s reason=%s", self.spec.id, exc.message)
         self._score(set())
-        self._event("failed", None, reason=exc.message)
-        self._task(phase="failed", error=exc.message, finished_at=time.time())
+        self.record.event("failed", None, reason=exc.message)
+        self.record.task(phase="failed", error=exc.message, finished_at=time.time())
         try:
-            await self._persist()
+            await self.record.persist()
         finally:
             if not self.answer.done():
                 self.answer.set_exception(exc)
@@ -591,8 +596,8 @@ class TaskRun:
         slot.status = "failed"
         slot.reason = reason
         self._release(slot)
-        self._slot_update(slot, status="failed", reason=reason)
-        self._event("slot_failed", slot.node, reason=reason)
+        self.record.slot_update(slot.node, status="failed", reason=reason)
+        self.record.event("slot_failed", slot.node, reason=reason)
         if self.leader is slot:
             self.leader = None
             for other in self.slots.values():  # hand the stream to a miner that said the same so far
@@ -609,53 +614,3 @@ class TaskRun:
 
     def _release(self, slot: Slot) -> None:
         self.hub.release(slot.link)
-
-    # ------------------------------------------------------------------ persistence
-    # Transitions are recorded in memory with their times and written, in order, through the store's group-commit
-    # writer at checkpoints: after dispatch, at most every FLUSH_S while miners work, when the answer goes out
-    # (durably, before anyone sees it) and at the end (durably). A task that dies with the router is re-dispatched
-    # from its task row, so the checkpoints keep its history; its life does not depend on them.
-
-    def _task(self, **values: Any) -> None:
-        self._task_vals.update(values)
-
-    def _event(self, phase: str, node: str | None, **detail: Any) -> None:
-        self._event_rows.append(
-            {"task_id": self.spec.id, "ts": time.time(), "phase": phase, "node": node, "detail": detail}
-        )
-        rank = PHASES.index(phase) if phase in PHASES else -1
-        if rank > self.phase:
-            self.phase = rank
-            self._task_vals["phase"] = phase
-
-    def _slot_update(self, slot: Slot, **values: Any) -> None:
-        self._slot_vals.setdefault(slot.node, {}).update(values)
-
-    def _statements(self) -> list[Any]:
-        """The pending writes as a few prebuilt statements (their compiled forms are cached by SQLAlchemy)."""
-        tid = self.spec.id
-        out: list[Any] = []
-        if self.pending_row is not None:
-            out.append((_INSERT_TASK, self.pending_row))
-            self.pending_row = None
-        if self._assign_rows:
-            rows = [{**r, **self._slot_vals.pop(r["node"], {})} for r in self._assign_rows]
-            if self.recovered:  # re-dispatched after a restart: a node met again replaces its old slot record
-                out.append((_DELETE_SLOT, [{"k_task": tid, "k_node": r["node"]} for r in rows]))
-            out.append((_INSERT_SLOT, [{**_SLOT_DEFAULTS, **r} for r in rows]))
-        if self._event_rows:
-            out.append((_INSERT_EVENT, self._event_rows))
-        for node, vals in self._slot_vals.items():
-            out.append((_UPDATE_SLOT, {"k_task": tid, "k_node": node, **vals}))
-        if self._task_vals:
-            out.append((_UPDATE_TASK, {"k_id": tid, "updated_at": time.time(), **self._task_vals}))
-        self._assign_rows, self._event_rows, self._slot_vals, self._task_vals = [], [], {}, {}
-        self._flushed = time.monotonic()
-        return out
-
-    def _flush(self) -> None:
-        for stmt, params in self._statements():
-            self.store.submit(stmt, params)
-
-    async def _persist(self) -> None:
-        await self.store.write(*self._statements())

@@ -29,6 +29,7 @@ from hivemesh.router.reputation import Reputation
 from hivemesh.router.runner import StreamEnd, TaskRun
 from hivemesh.router.scheduler import Scheduler, Ticket
 from hivemesh.router.sessions import Sessions
+from hivemesh.router.token_run import Run, TokenRun
 from hivemesh.store import schema as s
 from hivemesh.store.db import Row, Store
 
@@ -60,7 +61,7 @@ class RouterService:
         self._bg: set[asyncio.Task[Any]] = set()
         self.started_at = time.time()
         # called with each TaskRun once it has ended (run.final set) or failed: metrics, dashboards, billing
-        self.observers: list[Callable[[TaskRun], None]] = []
+        self.observers: list[Callable[[Run], None]] = []
         if self.billing is not None:
             self.observers.append(self._settle)
 
@@ -102,7 +103,7 @@ class RouterService:
         persist: bool = True,
         default_session: bool = False,
         durable: bool = False,
-    ) -> TaskRun:
+    ) -> Run:
         """Reserve the task's worst-case cost, persist, queue and start it. Returns the run once it has miners
         (its ``answer`` future resolves with the outcome; with ``stream`` its ``stream`` queue yields text, then
         a StreamEnd). Raises PaymentRequired (402) or NoMinerAvailable (503) when it cannot start."""
@@ -114,20 +115,31 @@ class RouterService:
             await self.store.write(insert(s.tasks).values(**row))
             row = None
         queue: asyncio.Queue[str | StreamEnd] | None = asyncio.Queue() if stream else None
-        run = TaskRun(
-            spec,
-            hub=self.hub,
-            store=self.store,
-            identity=self.identity,
-            embed=self._embed if self.embedder is not None else None,
-            reputation=self.reputation,
-            cost_of=self._cost_of if self.billing is not None else None,
-            stream=queue,
-        )
-        run.recovered = not persist  # the recovery path: the task row and maybe slot records exist already
-        run.pending_row = (
-            row  # written with the task's first checkpoint (at the latest ROW_DELAY_S after start)
-        )
+        cost_of = self._cost_of if self.billing is not None else None
+        run: Run
+        if spec.session.mode == "token" and not spec.network and spec.target is None:
+            run = TokenRun(
+                spec,
+                hub=self.hub,
+                store=self.store,
+                identity=self.identity,
+                reputation=self.reputation,
+                cost_of=cost_of,
+                stream=queue,
+            )
+        else:
+            run = TaskRun(
+                spec,
+                hub=self.hub,
+                store=self.store,
+                identity=self.identity,
+                embed=self._embed if self.embedder is not None else None,
+                reputation=self.reputation,
+                cost_of=cost_of,
+                stream=queue,
+            )
+        run.record.recovered = not persist  # the recovery path: the task row and maybe slot records exist
+        run.record.pending_row = row  # written with the task's first checkpoint (at most ROW_DELAY_S late)
 
         async def drive() -> None:
             try:
@@ -165,11 +177,11 @@ class RouterService:
 
     # ------------------------------------------------------------------ billing hooks
 
-    def _cost_of(self, run: TaskRun, outcome: Any) -> int:
+    def _cost_of(self, run: Run, outcome: Any) -> int:
         assert self.billing is not None
         return self.billing.charge(run.spec, outcome, run.k)
 
-    def _settle(self, run: TaskRun) -> None:
+    def _settle(self, run: Run) -> None:
         assert self.billing is not None
         self.billing.settle_later(run.spec, run.final if run.error is None else None, run.k)
 
@@ -313,7 +325,7 @@ def _task_row(spec: TaskSpec) -> Row:
             "stream": spec.stream,
         },
         "phase": "queued",
-        "seed": spec.params.seed,
+        "seed": spec.shuffle_seed,
         "candidates": [],
         "created_at": spec.created_at or now,
         "updated_at": now,
@@ -334,4 +346,5 @@ def task_from_row(row: Row, session: Any) -> TaskSpec:
         prompt=req.get("prompt", ""),
         stream=bool(req.get("stream")),
         created_at=row["created_at"],
+        shuffle_seed=row["seed"],
     )

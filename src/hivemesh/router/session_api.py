@@ -174,6 +174,8 @@ def task_json(
                 "elapsed_ms": a["elapsed_ms"],
                 "ttft_ms": a["ttft_ms"],
                 "reason": a["reason"],
+                "role": a.get("role"),
+                "evidence": a.get("evidence"),
             }
             for a in assignments
         ]

@@ -22,6 +22,7 @@ from hivemesh.store import schema as s
 from hivemesh.store.db import Row, Store
 
 MAX_REDUNDANCY = 16
+MAX_VERIFIERS = 8
 
 
 def validate(spec: SessionSpec) -> SessionSpec:
@@ -29,8 +30,10 @@ def validate(spec: SessionSpec) -> SessionSpec:
         raise InvalidRequest(f"redundancy must be between 1 and {MAX_REDUNDANCY}", param="redundancy")
     if not 1 <= spec.quorum <= spec.redundancy:
         raise InvalidRequest("quorum must be between 1 and redundancy", param="quorum")
-    if spec.mode not in ("exact", "semantic", "none"):
-        raise InvalidRequest("mode must be one of exact, semantic, none", param="mode")
+    if spec.mode not in ("token", "exact", "semantic", "none"):
+        raise InvalidRequest("mode must be one of token, exact, semantic, none", param="mode")
+    if not 1 <= spec.verifiers <= MAX_VERIFIERS:
+        raise InvalidRequest(f"verifiers must be between 1 and {MAX_VERIFIERS}", param="verifiers")
     if not 0.0 < spec.threshold <= 1.0:
         raise InvalidRequest("threshold must be in (0, 1]", param="threshold")
     for name in ("ack_timeout_s", "precommit_timeout_s", "commit_timeout_s"):
@@ -56,6 +59,7 @@ def _from_row(r: Row) -> SessionSpec:
         commit_timeout_s=r["commit_timeout_ms"] / 1000,
         max_tokens=r["max_tokens"],
         sla=r["sla"],
+        verifiers=r["verifiers"],
         model=r["model"],
         name=r["name"],
         meta=r["meta"] or {},
@@ -79,6 +83,7 @@ def _to_row(spec: SessionSpec, *, is_default: bool) -> Row:
         "commit_timeout_ms": int(spec.commit_timeout_s * 1000),
         "max_tokens": spec.max_tokens,
         "sla": spec.sla,
+        "verifiers": spec.verifiers,
         "meta": spec.meta,
         "active": spec.active,
         "is_default": is_default,
@@ -96,6 +101,7 @@ def to_json(spec: SessionSpec) -> dict[str, Any]:
         "redundancy": spec.redundancy,
         "quorum": spec.quorum,
         "mode": spec.mode,
+        "verifiers": spec.verifiers,
         "threshold": spec.threshold,
         "ack_timeout_s": spec.ack_timeout_s,
         "precommit_timeout_s": spec.precommit_timeout_s,
@@ -129,6 +135,7 @@ class Sessions:
             commit_timeout_s=d.commit_timeout_s,
             max_tokens=d.max_tokens,
             sla=d.sla,
+            verifiers=d.verifiers,
         )
 
     async def create(self, owner: str, **fields: Any) -> SessionSpec:

@@ -21,6 +21,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Connection
 
@@ -44,6 +46,7 @@ sessions = Table(
     Column("commit_timeout_ms", Integer, nullable=False),
     Column("max_tokens", Integer, nullable=False),
     Column("sla", String(16), nullable=False),
+    Column("verifiers", Integer, nullable=False, default=1),  # token mode: verifiers per answer
     Column("meta", JSON, nullable=False, default=dict),
     Column("active", Boolean, nullable=False, default=True),
     Column("is_default", Boolean, nullable=False, default=False),
@@ -105,6 +108,8 @@ assignments = Table(
     Column("ttft_ms", Integer, nullable=True),
     Column("completion_tokens", Integer, nullable=True),
     Column("reason", Text, nullable=True),
+    Column("role", String(16), nullable=True),  # token mode: generator | verifier (null: a voting slot)
+    Column("evidence", JSON, nullable=True),  # token mode: a verifier's verdict on the claim it checked
 )
 
 nodes = Table(
@@ -174,8 +179,22 @@ def _m003_leases(conn: Connection) -> None:
     metadata.create_all(conn, tables=[leases])
 
 
+def _m004_token_verification(conn: Connection) -> None:
+    # Written out as DDL. 001 builds its tables from today's definitions (create_all), so on a new database the
+    # columns exist already: add only what is missing.
+    have = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in ("sessions", "assignments")}
+    for table, column, ddl in (
+        ("sessions", "verifiers", "INTEGER NOT NULL DEFAULT 1"),
+        ("assignments", "role", "VARCHAR(16)"),
+        ("assignments", "evidence", "JSON"),
+    ):
+        if column not in have[table]:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_reputation", _m002_reputation),
     ("003_leases", _m003_leases),
+    ("004_token_verification", _m004_token_verification),
 ]

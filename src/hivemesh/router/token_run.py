@@ -1,0 +1,529 @@
+"""One token-mode task, run: the async shell around ``core.pouw.TokenPoUW``.
+
+The state machine decides; this class only carries out its effects (draw and reserve miners, send assignments,
+reveal and verify requests, strike, record, deliver) and feeds back what the miners and the clock did. It keeps
+the same surface as the voting runner (``begin``, ``run``, ``answer``, ``stream``, ``final``, ``error``), so the
+service, the APIs, billing and the observers treat both alike.
+
+Streaming: the generator's text goes to the user as it comes. If the verified answer does not extend what the
+user was sent (the streaming generator was proven to cheat, or died mid-way and the regeneration differs), the
+stream ends with the verdict ``rejected``; the verified answer is on the task record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+from hivemesh.core import pouw
+from hivemesh.core.reputation import Counters
+from hivemesh.core.selection import Candidate, rank
+from hivemesh.core.verdict import TokenVerdict, summary
+from hivemesh.errors import HivemeshError, NoMinerAvailable, UpstreamFailed
+from hivemesh.identity import Identity
+from hivemesh.protocol import wire
+from hivemesh.protocol.wire import NodeId
+from hivemesh.router.domain import Outcome, TaskSpec, Verdict
+from hivemesh.router.hub import MinerHub, MinerLink
+from hivemesh.router.record import ROW_DELAY_S, TaskRecord
+from hivemesh.router.runner import StreamEnd, TaskRun
+from hivemesh.store.db import Store
+
+log = logging.getLogger(__name__)
+
+VERIFIER_WAIT_S = 0.05  # how often a verifier draw that found every verifier busy is tried again
+VERIFIER_QUEUE_S = 30.0  # how long a claim waits for a busy verifier before it is delivered unverified
+
+
+def policy_of(spec: TaskSpec) -> pouw.TokenPolicy:
+    sess = spec.session
+    return pouw.TokenPolicy(
+        verifiers=sess.verifiers,
+        ack_timeout_s=sess.ack_timeout_s,
+        precommit_timeout_s=sess.precommit_timeout_s,
+        commit_timeout_s=sess.commit_timeout_s,
+        verify_timeout_s=sess.precommit_timeout_s,  # a prefill never takes longer than the generation
+        max_tokens=spec.params.max_tokens,
+    )
+
+
+def _card(link: MinerLink, model: str) -> wire.ModelCard | None:
+    return next((c for c in link.cards if c.id == model), None)
+
+
+class TokenRun:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        *,
+        hub: MinerHub,
+        store: Store,
+        identity: Identity,
+        reputation: Any = None,  # router.reputation.Reputation: told how every role ended
+        cost_of: Any = None,  # (run, outcome) -> what the user pays, in the smallest unit
+        stream: asyncio.Queue[str | StreamEnd] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.hub = hub
+        self.store = store
+        self.identity = identity
+        self.reputation = reputation
+        self.cost_of = cost_of
+        self.stream = stream
+        self.k = 1
+        self.mode = "token"
+        self.machine = pouw.TokenPoUW(spec.id, policy_of(spec))
+        self.record = TaskRecord(spec.id, store)
+        self.events: asyncio.Queue[pouw.Event] = asyncio.Queue()
+        self.answer: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.order: list[str] = []  # the generator shuffle; verifiers are drawn later, from their own
+        self.links: dict[str, MinerLink] = {}  # every node with a role in this task
+        self.reserved: dict[str, MinerLink] = {}  # nodes holding capacity for this task right now
+        self.texts: dict[str, list[str]] = {}  # what each generator streamed
+        self.sizes: dict[str, int] = {}
+        self.sent = ""  # what the user has been sent
+        self.slots: dict[str, Any] = {}  # the voting runner's per-miner slots (none here; for the oracle)
+        self.final: Outcome | None = None
+        self.error: HivemeshError | None = None
+        self.started = time.monotonic()
+        self._effects: list[pouw.Effect] = []
+        self._draw_retry: pouw.Draw | None = None
+        self._draw_since = 0.0
+        self.struck: dict[str, str] = {}  # node -> the last strike this task gave it
+        self._row_timer: asyncio.TimerHandle | None = None
+        self._index = 0
+
+    # ------------------------------------------------------------------ hub callbacks
+
+    def on_message(self, node: str, msg: wire.FromMiner) -> None:
+        now = time.monotonic()
+        if isinstance(msg, wire.Ack):
+            self.events.put_nowait(pouw.Acked(node, now))
+        elif isinstance(msg, wire.Delta):
+            self._delta(node, msg)
+        elif isinstance(msg, wire.Precommit):
+            self.events.put_nowait(pouw.Precommitted(node, msg.digest, now))
+        elif isinstance(msg, wire.Commit):
+            streamed = "".join(self.texts[node]) if node in self.texts else None
+            self.events.put_nowait(pouw.Revealed(node, msg, now, streamed=streamed))
+        elif isinstance(msg, wire.Evidence):
+            self.events.put_nowait(pouw.EvidenceIn(node, msg, now))
+        elif isinstance(msg, wire.TaskFailed):
+            self.events.put_nowait(pouw.Failed(node, f"miner_error: {msg.message[:200]}", now))
+
+    def on_disconnect(self, node: str) -> None:
+        if node in self.links:
+            self.events.put_nowait(pouw.Failed(node, "disconnected", time.monotonic()))
+
+    def _delta(self, node: str, msg: wire.Delta) -> None:
+        gen = self.machine.generator
+        if gen is None or gen.node != node or gen.status not in ("assigned", "acked"):
+            link = self.links.get(node) or self.hub.links.get(node)
+            if link is not None:
+                self.hub.strike(link, "garbage", self.spec.id, "delta from a node that is not generating")
+            return
+        parts = self.texts.setdefault(node, [])
+        size = self.sizes.get(node, 0) + len(msg.text)
+        self.sizes[node] = size
+        if msg.index != len(parts) or size > self.spec.params.max_tokens * pouw.MAX_CHARS_PER_TOKEN:
+            self.hub.strike(
+                self.links[node], "garbage", self.spec.id, "delta out of order or over max_tokens"
+            )
+            self.events.put_nowait(pouw.Failed(node, "garbage", time.monotonic()))
+            return
+        parts.append(msg.text)
+        self._forward("".join(parts))
+
+    def _forward(self, text: str) -> None:
+        if self.stream is None or self.answer.done():
+            return
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            self.stream.put_nowait(text[len(self.sent) :])
+            self.sent = text
+
+    # ------------------------------------------------------------------ start
+
+    def begin(self) -> None:
+        """Draw and reserve the generator, synchronously (called by the scheduler at admission). Raises
+        NoMinerAvailable if no miner that can serve token mode has room."""
+        spec = self.spec
+        serving = [
+            ln
+            for ln in self.hub.serving(spec.model, spec.session.sla, network=spec.network)
+            if (card := _card(ln, spec.model)) is not None and card.tokens
+        ]
+        if not serving:
+            raise NoMinerAvailable(
+                f"no miner serving {spec.model!r} can generate for token verification", retry_after=1
+            )
+        self.order = [str(n) for n in rank(self._candidates(serving), spec.shuffle_seed)]
+        self.record.task(candidates=list(self.order))
+        self._effects = self.machine.start()
+        self._resolve_draws()
+        if self.machine.generator is None:
+            raise NoMinerAvailable(f"no miner serving {spec.model!r} has free capacity", retry_after=1)
+        self.hub.runs[spec.id] = self
+
+    def _candidates(self, links: list[MinerLink]) -> list[Candidate]:
+        return [
+            Candidate(
+                node=NodeId(ln.node),
+                score=self.hub.score(ln.node),
+                free=max(ln.free, 0) or 1,
+                capacity=ln.capacity,
+                record=ln.finished,
+            )
+            for ln in links
+        ]
+
+    def _resolve_draws(self) -> None:
+        """Answer every Draw effect at the head of the queue with a Drawn event, applied at once."""
+        pending, self._effects = self._effects, []
+        for eff in pending:
+            if isinstance(eff, pouw.Draw):
+                nodes = self._draw(eff)
+                if nodes is None:  # verifiers exist but are all busy: try again shortly
+                    self._draw_retry, self._draw_since = eff, time.monotonic()
+                    continue
+                self._effects += self.machine.apply(pouw.Drawn(eff.role, tuple(nodes), time.monotonic()))
+            else:
+                self._effects.append(eff)
+        if any(isinstance(e, pouw.Draw) for e in self._effects):
+            self._resolve_draws()
+
+    def _draw(self, d: pouw.Draw) -> list[str] | None:
+        spec = self.spec
+        if d.role == "generator":
+            order = [n for n in self.order if n not in d.exclude]
+        else:  # verifiers: drawn only now, after the precommit, from a seed the router committed to
+            links = [
+                ln
+                for ln in self.hub.serving(spec.model, spec.session.sla)
+                if ln.node not in d.exclude and (card := _card(ln, spec.model)) is not None and card.verify
+            ]
+            seed = (
+                int.from_bytes(
+                    hashlib.sha256(
+                        f"{spec.shuffle_seed}:verify:{len(self.machine.checks)}".encode()
+                    ).digest()[:8]
+                )
+                >> 1
+            )
+            order = [str(n) for n in rank(self._candidates(links), seed)]
+        got: list[str] = []
+        for node in order:
+            if len(got) >= d.count:
+                break
+            link = self.hub.reserve(node)
+            if link is not None:
+                self.links[node] = self.reserved[node] = link
+                got.append(node)
+        if not got and d.role == "verifier" and order and self._draw_retry is None:
+            return None
+        return got
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self) -> None:
+        if self.record.pending_row is not None:
+            self._row_timer = asyncio.get_running_loop().call_later(ROW_DELAY_S, self.record.flush)
+        try:
+            while True:
+                await self._execute()
+                if self.machine.phase is pouw.Phase.DONE:
+                    break
+                deadline = self.machine.deadline()
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if self._draw_retry is not None:
+                    wait = VERIFIER_WAIT_S if wait is None else min(wait, VERIFIER_WAIT_S)
+                try:
+                    ev = await asyncio.wait_for(self.events.get(), wait)
+                except TimeoutError:
+                    ev = pouw.Expired(time.monotonic())
+                if isinstance(ev, pouw.Revealed | pouw.EvidenceIn):
+                    self._free(ev.node)  # the miner's part is done: its capacity is free again
+                self._effects += self.machine.apply(ev)
+                if self._draw_retry is not None and self._retry_draw():
+                    continue
+                if self.record.due():
+                    self.record.flush()
+        except HivemeshError as exc:
+            await self._fail(exc)
+        except Exception as exc:
+            log.exception("token task run crashed task_id=%s", self.spec.id)
+            await self._fail(UpstreamFailed(f"internal error while running the task: {exc}"))
+        finally:
+            if self._row_timer is not None:
+                self._row_timer.cancel()
+            for node in self.machine.busy():
+                link = self.links.get(node)
+                if link is not None:
+                    await link.send(wire.Cancel(task_id=self.spec.id, reason="task ended"))
+            for node in list(self.reserved):
+                self._free(node)
+            self.hub.runs.pop(self.spec.id, None)
+
+    def _retry_draw(self) -> bool:
+        d = self._draw_retry
+        assert d is not None
+        self._draw_retry = None
+        nodes = self._draw(d)
+        if nodes is None:
+            self._draw_retry = d
+            if time.monotonic() - self._draw_since > min(
+                VERIFIER_QUEUE_S, policy_of(self.spec).verify_timeout_s
+            ):
+                self._draw_retry = None  # waited long enough: the machine decides on what it has
+                self._effects += self.machine.apply(pouw.Drawn(d.role, (), time.monotonic()))
+                return True
+            return False
+        self._effects += self.machine.apply(pouw.Drawn(d.role, tuple(nodes), time.monotonic()))
+        return True
+
+    def _free(self, node: str) -> None:
+        link = self.reserved.pop(node, None)
+        if link is not None:
+            self.hub.release(link)
+
+    async def _execute(self) -> None:
+        self._resolve_draws()
+        while self._effects:
+            eff = self._effects.pop(0)
+            await self._effect(eff)
+            self._resolve_draws()
+
+    async def _effect(self, eff: pouw.Effect) -> None:
+        tid = self.spec.id
+        if isinstance(eff, pouw.SendAssign):
+            self._index += 1
+            self.record.slot(eff.node, self._index - 1, role="generator")
+            await self._send(eff.node, self._assign())
+        elif isinstance(eff, pouw.SendReveal):
+            self.record.slot_update(
+                eff.node,
+                status="precommitted",
+                precommit_at=time.time(),
+                digest=self.machine.generator.digest if self.machine.generator else None,
+            )
+            await self._send(eff.node, wire.RevealRequest(task_id=tid))
+        elif isinstance(eff, pouw.SendVerify):
+            self._index += 1
+            self.record.slot(eff.node, self._index - 1, role="verifier")
+            await self._send(eff.node, self._verify(eff))
+        elif isinstance(eff, pouw.Cancel):
+            link = self.links.get(eff.node)
+            if link is not None and eff.node in self.reserved:
+                await link.send(wire.Cancel(task_id=tid, reason="replaced"))
+            self._free(eff.node)
+        elif isinstance(eff, pouw.Strike):
+            self.struck[eff.node] = eff.kind
+            link = self.links.get(eff.node) or self.hub.links.get(eff.node)
+            if link is not None:
+                self.hub.strike(link, eff.kind, tid, eff.detail)
+        elif isinstance(eff, pouw.Note):
+            self._note(eff)
+        elif isinstance(eff, pouw.Deliver):
+            await self._deliver(eff)
+        elif isinstance(eff, pouw.FailTask):
+            raise UpstreamFailed(eff.reason)
+
+    async def _send(self, node: str, msg: wire.Assign | wire.Verify | wire.RevealRequest) -> None:
+        link = self.links[node]
+        if isinstance(msg, wire.Assign | wire.Verify):
+            msg = msg.model_copy(update={"sig": self.identity.sign(wire.signing_payload(msg, link.nonce))})
+        if not await link.send(msg):
+            self.events.put_nowait(pouw.Failed(node, "disconnected", time.monotonic()))
+
+    def _assign(self) -> wire.Assign:
+        spec = self.spec
+        return wire.Assign(
+            task_id=spec.id,
+            model=spec.model,
+            kind=spec.kind,
+            messages=spec.messages,
+            prompt=spec.prompt,
+            params=spec.params,
+            stream=self.stream is not None,
+            reveal="on_request",
+            deadline_ms=int(spec.session.precommit_timeout_s * 1000),
+        )
+
+    def _verify(self, eff: pouw.SendVerify) -> wire.Verify:
+        spec, c = self.spec, eff.claim
+        return wire.Verify(
+            task_id=spec.id,
+            model=spec.model,
+            kind=spec.kind,
+            messages=spec.messages,
+            prompt=spec.prompt,
+            params=spec.params,
+            tokens=c.tokens,
+            output=c.output,
+            finish_reason=c.finish_reason,
+            round=eff.round,
+            deadline_ms=int(policy_of(spec).verify_timeout_s * 1000),
+        )
+
+    def _note(self, n: pouw.Note) -> None:
+        self.record.event(n.phase, n.node, **n.detail)
+        if n.node is None:
+            return
+        if n.phase == "acked":
+            self.record.slot_update(n.node, status="acked", acked_at=time.time())
+        elif n.phase == "committed":
+            gen = self.machine.generator
+            c = gen.commit if gen is not None else None
+            if c is not None:
+                self.record.slot_update(
+                    n.node,
+                    status="committed",
+                    commit_at=time.time(),
+                    output=c.output,
+                    salt=c.salt,
+                    elapsed_ms=c.elapsed_ms,
+                    completion_tokens=c.usage.completion_tokens,
+                )
+        elif n.phase == "evidence":
+            self.record.slot_update(
+                n.node,
+                status="committed",
+                commit_at=time.time(),
+                evidence=n.detail,
+                in_consensus=bool(n.detail.get("accepted")),
+            )
+        elif n.phase == "slot_failed":
+            self.record.slot_update(n.node, status="failed", reason=str(n.detail.get("reason", "")))
+        elif n.phase == "fraud":
+            self.record.slot_update(n.node, status="rejected", reason="fraud proof", in_consensus=False)
+
+    # ------------------------------------------------------------------ ends
+
+    async def _deliver(self, d: pouw.Deliver) -> None:
+        c = d.answer
+        verdict: Verdict = d.verdict
+        if self.stream is not None:
+            if c.output.startswith(self.sent):
+                if len(c.output) > len(self.sent):
+                    self.stream.put_nowait(c.output[len(self.sent) :])
+                    self.sent = c.output
+            else:  # the user was sent text that is not the verified answer
+                verdict = "rejected"
+        used = [g.node for g in self.machine.generators] + [ch.node for ch in self.machine.checks]
+        consensus = (d.generator, *d.verifiers) if verdict == "verified" else (d.generator,)
+        outcome = Outcome(
+            task_id=self.spec.id,
+            session_id=self.spec.session.id,
+            text=c.output,
+            finish_reason=c.finish_reason,
+            usage=c.usage,
+            verdict=verdict,
+            mode="token",
+            score=1.0 if verdict == "verified" else 0.0,
+            similarity=1.0 if verdict == "verified" else 0.0,
+            miners=tuple(used),
+            consensus=consensus if verdict != "rejected" else (),
+            dissent=(),
+            answered_by=d.generator,
+            verifiers=d.verifiers,
+            evidence=_evidence_summary(d.verdicts),
+            fraud=tuple(dict(f) for f in d.fraud),
+            shuffle_seed=self.spec.shuffle_seed,
+        )
+        if self.cost_of is not None:
+            outcome = replace(outcome, cost=self.cost_of(self, outcome))
+        self.final = outcome
+        self._score(outcome)
+        self.record.event("ended", None, verdict=outcome.verdict)
+        self.record.task(
+            phase="ended",
+            verdict=outcome.verdict,
+            answer=outcome.text,
+            finish_reason=outcome.finish_reason,
+            prompt_tokens=outcome.usage.prompt_tokens,
+            completion_tokens=outcome.usage.completion_tokens,
+            result=outcome.verification(),
+            finished_at=time.time(),
+        )
+        await self.record.persist()  # durable before anyone sees it
+        for node in (d.generator, *d.verifiers):
+            if (link := self.links.get(node)) is not None:
+                link.finished += 1
+                self.hub.finished_counts[node] = link.finished
+        self.answer.set_result(outcome)
+        if self.stream is not None:
+            self.stream.put_nowait(StreamEnd(outcome))
+
+    def _score(self, outcome: Outcome | None) -> None:
+        """Tell reputation how each role ended (once, when the task ends)."""
+        if self.reputation is None:
+            return
+        verified = outcome is not None and outcome.verdict == "verified"
+        for g in self.machine.generators:
+            if g.status in pouw.PENDING_GEN:
+                continue  # cancelled by the router, not the miner's doing
+            c = g.commit
+            won = verified and outcome is not None and g.node == outcome.answered_by
+            fraud = g.status == "rejected" and any(f.get("generator") == g.node for f in self.machine.fraud)
+            bad = g.reason in ("bad_reveal", "stream_mismatch") or fraud
+            delta = Counters(
+                assigned=1,
+                acked=int(g.status != "assigned" or c is not None),
+                precommitted_on_time=int(bool(g.digest)),
+                committed=int(c is not None or bad),
+                valid_reveals=int(c is not None),
+                in_consensus=int(won),
+                dissents=0,
+                timeouts=int(g.reason.startswith("timeout")),
+                bad_reveals=int(bad),
+                tokens=c.usage.completion_tokens if c else 0,
+                gen_ms=c.elapsed_ms if c else 0,
+            )
+            success = True if won else (False if bad or g.reason.startswith("timeout") else None)
+            self.reputation.record(g.node, delta, success, task_id=self.spec.id)
+        for ch in self.machine.checks:
+            if ch.status == "asked":
+                continue
+            valid = ch.verdict is not None
+            false = self.struck.get(ch.node) == "false_accusation"
+            invalid = self.struck.get(ch.node) == "invalid_evidence"
+            delta = Counters(
+                assigned=1,
+                acked=int(valid),
+                precommitted_on_time=int(valid),
+                committed=int(valid),
+                valid_reveals=int(valid),
+                in_consensus=int(valid and not false),
+                dissents=int(false),
+                timeouts=int(ch.reason.startswith("timeout")),
+                bad_reveals=int(invalid or false),
+            )
+            success = (
+                False if false or invalid or ch.reason.startswith("timeout") else (True if valid else None)
+            )
+            self.reputation.record(ch.node, delta, success, task_id=self.spec.id)
+
+    async def _fail(self, exc: HivemeshError) -> None:
+        self.error = exc
+        log.warning("task failed task_id=%s reason=%s", self.spec.id, exc.message)
+        self._score(None)
+        self.record.event("failed", None, reason=exc.message)
+        self.record.task(phase="failed", error=exc.message, finished_at=time.time())
+        try:
+            await self.record.persist()
+        finally:
+            if not self.answer.done():
+                self.answer.set_exception(exc)
+                self.answer.exception()  # mark retrieved: the caller may be gone
+                if self.stream is not None:
+                    self.stream.put_nowait(StreamEnd(error=exc))
+
+
+def _evidence_summary(verdicts: tuple[TokenVerdict, ...]) -> dict[str, Any]:
+    return {"checks": [summary(v) for v in verdicts]}
+
+
+Run = TaskRun | TokenRun  # either runner: what the service hands out and its observers are told about
