@@ -167,6 +167,18 @@ class Network:
         self.miners[name] = task
         return agent
 
+    def add_staked_miner(self, name: str, pool: int = 1, **kw: Any) -> Any:
+        """A miner whose node is staked for ``pool`` (its minimum) before it dials in: billed user work goes only
+        to nodes staked above pool 0."""
+        from hivemesh.identity import Identity
+
+        identity = Identity.load_or_create(self.data_dir / "miners" / name / "node.key")
+        need = self.service.config.billing.stake_pools[pool]
+        if need:
+            self.lt.run(self.service.ledger.deposit(identity.address, need))
+            self.lt.run(self.service.ledger.stake(identity.address, need, pool))
+        return self.add_miner(name, pool=pool, **kw)
+
     def kill_miner(self, name: str) -> None:
         task = self.miners.pop(name)
 

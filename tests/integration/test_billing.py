@@ -25,7 +25,7 @@ ADMIN = {"authorization": f"Bearer {API_KEY}"}
 def net(network: Network) -> Network:
     network.start_router(defaults=SessionDefaults(redundancy=3, quorum=2, mode="exact"))
     for name in "abc":
-        network.add_miner(name)
+        network.add_staked_miner(name)
     return network
 
 

@@ -18,8 +18,8 @@ MODEL = "instant-echo"
 @pytest.fixture
 def net(network: Network) -> Network:
     network.start_router(defaults=SessionDefaults(redundancy=2, quorum=2, mode="exact"))
-    network.add_miner("a")
-    network.add_miner("b")
+    network.add_staked_miner("a")
+    network.add_staked_miner("b")
     return network
 
 

@@ -20,13 +20,14 @@ from ..conftest import API_KEY, Network
 MODEL = "instant-echo"
 ADMIN = {"authorization": f"Bearer {API_KEY}"}
 DEPOSIT = 10 * COR
+MINERS = "abc"  # each staked for pool 1 (billed work goes only to staked nodes)
 
 
 @pytest.fixture
 def net(network: Network) -> Network:
     network.start_router(defaults=SessionDefaults(redundancy=3, quorum=2, mode="exact"))
-    for name in "abc":
-        network.add_miner(name)
+    for name in MINERS:
+        network.add_staked_miner(name)
     return network
 
 
@@ -71,7 +72,7 @@ def test_payments_json_shows_deposit_payouts_and_fee_that_add_up(net: Network) -
     entries = d["entries"]
     assert [e["id"] for e in entries] == sorted((e["id"] for e in entries), reverse=True)  # newest first
 
-    deposit = [e for e in entries if e["kind"] == "deposit"]
+    deposit = [e for e in entries if e["kind"] == "deposit" and e["to"][0]["account"] == user]
     assert len(deposit) == 1
     assert deposit[0]["to"] == [{"account": user, "amount": str(DEPOSIT)}]
     assert deposit[0]["from"] == [{"account": "world", "amount": str(DEPOSIT)}]
@@ -103,8 +104,9 @@ def test_payments_json_shows_deposit_payouts_and_fee_that_add_up(net: Network) -
     assert balance + int(t["in_escrow"]) + sum(paid.values()) + fees == DEPOSIT
     assert int(t["treasury"]) == fees and int(t["holds"]) == 0
     assert int(t["balances"]) == balance + sum(paid.values())
-    assert int(t["deposited"]) == DEPOSIT == net.lt.run(lg.totals())
-    assert int(t["staked"]) == int(t["reward_pool"]) == 0
+    stakes = len(MINERS) * net.service.config.billing.stake_pools[1]
+    assert int(t["deposited"]) == DEPOSIT + stakes == net.lt.run(lg.totals())
+    assert int(t["staked"]) == stakes and int(t["reward_pool"]) == 0
 
     top = {n["address"]: n for n in d["top_nodes"]}
     assert set(top) == set(paid)  # the user earned nothing and is not listed
@@ -138,7 +140,9 @@ def test_payments_page_shows_the_payout_rows(net: Network, page: Any) -> None:
     page.goto(net.url + "/dashboard/payments")
     page.wait_for_selector("#entries")
     assert page.get_attribute('nav a[href="/dashboard/payments"]', "class") == "active"
-    assert page.inner_text('[data-stat="deposited"]').replace("\n", "") == "10 COR"
+    assert (
+        page.inner_text('[data-stat="deposited"]').replace("\n", "") == "3,010 COR"
+    )  # 10 + 3 stakes of 1,000
     rows = page.locator('#entries tr[data-kind="payout"]')
     assert rows.count() == 1
     row = rows.first

@@ -245,14 +245,7 @@ def _new_user(net: Network, funds: int) -> str:
 
 def _staked_miner(net: Network, name: str, pool: int) -> str:
     """A miner whose node is staked for ``pool`` (its minimum) before it dials in."""
-    identity = Identity.load_or_create(net.data_dir / "miners" / name / "node.key")
-    ledger = net.service.ledger
-    need = net.service.config.billing.stake_pools[pool]
-    if need:
-        net.lt.run(ledger.deposit(identity.address, need))
-        net.lt.run(ledger.stake(identity.address, need, pool))
-    net.add_miner(name, pool=pool)
-    return str(identity.address)
+    return str(net.add_staked_miner(name, pool).identity.address)
 
 
 def test_pool_zero_nodes_are_not_eligible_for_billed_work(network: Network) -> None:
@@ -278,11 +271,6 @@ def test_a_slashed_node_is_demoted_to_pool_zero(network: Network) -> None:
     assert [r["kind"] for r in _events(network, staked, 1)] == ["demoted"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the callers (router/runner.py TaskRun.begin, router/scheduler.py Scheduler.eligible) to pass "
-    "billed=billing.billed(spec.session.owner) to MinerHub.serving",
-)
 def test_a_billed_key_is_never_served_by_a_pool_zero_node(network: Network) -> None:
     network.start_router(defaults=SessionDefaults(redundancy=1, quorum=1, mode="none"), queue_timeout_s=2.0)
     _staked_miner(network, "free", 0)

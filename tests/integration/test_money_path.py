@@ -27,7 +27,7 @@ PRICE_CAP = COR // 1000  # a small request costs well below this
 @pytest.fixture
 def net(network: Network) -> Network:
     network.start_router(defaults=SessionDefaults(redundancy=1, quorum=1, mode="none"))
-    network.add_miner("a", capacity=64)
+    network.add_staked_miner("a", capacity=64)
     return network
 
 
@@ -252,7 +252,7 @@ def test_restart_settles_ended_tasks_releases_failed_and_orphan_holds_and_runs_r
     assert states[ended] == states[validated] == "settled"
     assert states[failed] == states[orphan] == "released"
     assert states[queued] == "held"  # still waiting for a miner: neither run nor released
-    net.add_miner("a")
+    net.add_staked_miner("a")
     deadline = time.monotonic() + 30
     while hold_states(net)[queued] == "held" and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -116,7 +116,7 @@ def test_honest_answer_is_verified_by_a_different_miner(network: Network) -> Non
         network.add_miner(name, engine_obj=InstantEngine(tokens=10))
     client = network.client()
     for seed in range(5):
-        r = ask(client, seed)
+        r = ask(client, seed)  # the last one asks with seed 4
         hm = r.model_extra["hivemesh"]
         assert r.choices[0].message.content == honest_answer(seed)
         assert hm["verdict"] == "verified" and hm["mode"] == "token"
@@ -128,7 +128,8 @@ def test_honest_answer_is_verified_by_a_different_miner(network: Network) -> Non
     ).json()
     roles = {a["node"]: a["role"] for a in task["miners"]}
     assert sorted(roles.values()) == ["generator", "verifier"]
-    assert task["seed"] != 4  # the router's own shuffle seed, not the user's sampling seed
+    assert task["seed"] == 4  # the user's sampling seed ...
+    assert int(task["shuffle_seed"]) == int(hm["shuffle_seed"])  # ... and the router's own seed for the draw
 
 
 @pytest.mark.parametrize("how", ["swap", "truncate"])

@@ -32,6 +32,11 @@ class SessionSpec:
     active: bool = True
     created_at: float = 0.0
 
+    @property
+    def generators(self) -> int:
+        """Miners that generate each task: one in token mode (verifiers check it), k when voting."""
+        return 1 if self.mode == "token" else self.redundancy
+
 
 @dataclass(frozen=True, slots=True)
 class TaskSpec:

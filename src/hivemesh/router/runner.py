@@ -27,6 +27,7 @@ from hivemesh.errors import HivemeshError, NoMinerAvailable, UpstreamFailed
 from hivemesh.identity import Identity
 from hivemesh.protocol import wire
 from hivemesh.protocol.wire import NodeId
+from hivemesh.router.billing import billed
 from hivemesh.router.domain import Outcome, TaskSpec, Verdict
 from hivemesh.router.hub import MinerHub, MinerLink
 from hivemesh.router.record import ROW_DELAY_S, TaskRecord
@@ -35,7 +36,9 @@ from hivemesh.store.db import Store
 log = logging.getLogger(__name__)
 
 PENDING = ("assigned", "acked", "precommitted", "revealing")
-REVEAL_GRACE_MIN_S = 0.25  # after a quorum has precommitted, the others get at least this long to precommit too
+REVEAL_GRACE_MIN_S = (
+    0.25  # after a quorum has precommitted, the others get at least this long to precommit too
+)
 REVEAL_GRACE_SHARE = 0.5  # ... or this share of the time the quorum took, if longer
 
 
@@ -92,8 +95,10 @@ class TaskRun:
         self.stream = stream
         sess = spec.session
         # token mode's network tasks (a validator's, aimed at one node) are checked by exact agreement
-        self.mode: Mode = "semantic" if sess.mode == "semantic" and embed is not None else (
-            sess.mode if sess.mode in ("exact", "none") else "exact"
+        self.mode: Mode = (
+            "semantic"
+            if sess.mode == "semantic" and embed is not None
+            else (sess.mode if sess.mode in ("exact", "none") else "exact")
         )
         self.events: asyncio.Queue[tuple[str, wire.FromMiner | None]] = asyncio.Queue()
         self.slots: dict[str, Slot] = {}
@@ -107,7 +112,9 @@ class TaskRun:
         self.m = sess.quorum
         self.immediate = False
         self.reveal_asked = False  # a precommit that arrives after this never counts
-        self.reveal_at: float | None = None  # when the reveals are asked even if some miner is still generating
+        self.reveal_at: float | None = (
+            None  # when the reveals are asked even if some miner is still generating
+        )
         self.record = TaskRecord(spec.id, store)
         self._ready: Outcome | None = (
             None  # decided with nobody left running: published with the final record
@@ -167,7 +174,9 @@ class TaskRun:
         """Pick and reserve the first k miners, synchronously: called by the scheduler at admission, so no other
         task can take the same capacity in between. Raises NoMinerAvailable if no miner has room."""
         spec = self.spec
-        serving = self.hub.serving(spec.model, spec.session.sla, network=spec.network)
+        serving = self.hub.serving(
+            spec.model, spec.session.sla, network=spec.network, billed=billed(spec.session.owner)
+        )
         if spec.target is not None:
             serving = [ln for ln in serving if ln.node == spec.target]
         cands = [

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hivemesh.errors import NoMinerAvailable
+from hivemesh.router.billing import billed
 from hivemesh.router.domain import TaskSpec
 from hivemesh.router.hub import MinerHub, MinerLink
 
@@ -57,7 +58,9 @@ class Scheduler:
                 await self._loop_task
 
     def eligible(self, spec: TaskSpec) -> list[MinerLink]:
-        serving = self.hub.serving(spec.model, spec.session.sla, network=spec.network)
+        serving = self.hub.serving(
+            spec.model, spec.session.sla, network=spec.network, billed=billed(spec.session.owner)
+        )
         if spec.target is not None:
             serving = [ln for ln in serving if ln.node == spec.target]
         return serving
@@ -66,7 +69,7 @@ class Scheduler:
         serving = self.eligible(spec)
         if not serving:
             return False
-        need = min(spec.session.redundancy, len(serving))
+        need = min(spec.session.generators, len(serving))
         return sum(1 for ln in serving if ln.free >= 1) >= need
 
     async def enqueue(self, ticket: Ticket) -> None:

@@ -188,7 +188,13 @@ class RouterService:
     def _on_strike(self, node: str, kind: str, task_id: str | None) -> None:
         assert self.billing is not None
         if kind in CHEATS:
-            self._spawn(self.billing.slash(node, kind, task_id), f"slash-{node}")
+            self._spawn(self._slash(node, kind, task_id), f"slash-{node}")
+
+    async def _slash(self, node: str, kind: str, task_id: str | None) -> None:
+        """Slash a proven cheat, then check its stake again: below its pool's minimum, it loses paid work now."""
+        assert self.billing is not None
+        await self.billing.slash(node, kind, task_id)
+        await self.hub.recheck_stake(node)
 
     async def _admit(self, node: str, pool: int) -> str | None:
         """Why a miner may not join (its stake is below its pool's minimum), or None."""

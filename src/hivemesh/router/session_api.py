@@ -147,7 +147,8 @@ def task_json(
         "usage": None
         if row["prompt_tokens"] is None
         else {"prompt_tokens": row["prompt_tokens"], "completion_tokens": row["completion_tokens"]},
-        "seed": row["seed"],
+        "seed": (row["request"].get("params") or {}).get("seed"),  # the user's sampling seed
+        "shuffle_seed": str(row["seed"]),  # the router's own seed for the miner draw (audit, replay)
         "candidates": row["candidates"],
         "hivemesh": row["result"],
         "error": row["error"],

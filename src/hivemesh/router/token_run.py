@@ -27,6 +27,7 @@ from hivemesh.errors import HivemeshError, NoMinerAvailable, UpstreamFailed
 from hivemesh.identity import Identity
 from hivemesh.protocol import wire
 from hivemesh.protocol.wire import NodeId
+from hivemesh.router.billing import billed
 from hivemesh.router.domain import Outcome, TaskSpec, Verdict
 from hivemesh.router.hub import MinerHub, MinerLink
 from hivemesh.router.record import ROW_DELAY_S, TaskRecord
@@ -153,7 +154,9 @@ class TokenRun:
         spec = self.spec
         serving = [
             ln
-            for ln in self.hub.serving(spec.model, spec.session.sla, network=spec.network)
+            for ln in self.hub.serving(
+                spec.model, spec.session.sla, network=spec.network, billed=billed(spec.session.owner)
+            )
             if (card := _card(ln, spec.model)) is not None and card.tokens
         ]
         if not serving:
@@ -202,7 +205,7 @@ class TokenRun:
         else:  # verifiers: drawn only now, after the precommit, from a seed the router committed to
             links = [
                 ln
-                for ln in self.hub.serving(spec.model, spec.session.sla)
+                for ln in self.hub.serving(spec.model, spec.session.sla, billed=billed(spec.session.owner))
                 if ln.node not in d.exclude and (card := _card(ln, spec.model)) is not None and card.verify
             ]
             seed = (
