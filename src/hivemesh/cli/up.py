@@ -157,7 +157,12 @@ def run_up(
                 time.sleep(0.1)
             progress.update(t_validator, completed=1, description="validator: nodes checked")
         console.print(
-            f"\n[bold green]hivemesh is up[/]: 1 router, {miners} miners, 1 validator, k={k} m={min(quorum, k)} {mode}"
+            f"\n[bold green]hivemesh is up[/]: 1 router, {miners} miners, 1 validator, "
+            + (
+                "token verification (1 generator, 1 verifier)"
+                if mode == "token"
+                else f"k={k} m={min(quorum, k)} {mode}"
+            )
         )
         console.print(f"data: {data_dir}   logs: {net.logs}\n")
         print(f"export OPENAI_BASE_URL={url}/v1")
