@@ -61,6 +61,7 @@ __all__ = [
 ]
 
 Role = Literal["generator", "verifier"]
+CONTEXT = "context_length_exceeded"
 MAX_CHARS_PER_TOKEN = 256  # no token spells more: a text longer than max_tokens of these is garbage
 
 
@@ -127,6 +128,7 @@ class Failed:
     node: str
     reason: str  # "disconnected", "miner_error: ...", ...
     now: float
+    code: str = ""  # the miner's error code; "context_length_exceeded" ends the task (no miner can do better)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +201,7 @@ class Deliver:
 @dataclass(frozen=True, slots=True)
 class FailTask:
     reason: str
+    code: str = ""  # "context_length_exceeded": the request's own fault (400), else the network's (502)
 
 
 Effect = Draw | SendAssign | SendReveal | SendVerify | Cancel | Strike | Note | Deliver | FailTask
@@ -283,6 +286,12 @@ class TokenPoUW:
             return self._evidence(event)
         gen = self._gen(event.node)
         if isinstance(event, Failed):
+            if gen is not None and event.code == CONTEXT and gen.status in PENDING_GEN:
+                self.phase = Phase.DONE  # deterministic: another generator would refuse it too
+                return [
+                    Note("slot_failed", gen.node, {"reason": event.reason}),
+                    FailTask(event.reason, CONTEXT),
+                ]
             if gen is not None:
                 return self._gen_failed(gen, event.reason, strike=None, now=event.now)
             chk = self._check(event.node)

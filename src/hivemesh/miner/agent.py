@@ -187,7 +187,9 @@ class MinerAgent:
             raise
         except HivemeshError as exc:
             with contextlib.suppress(Exception):
-                await ws.send(wire.encode(wire.TaskFailed(task_id=tid, message=exc.message)))
+                await ws.send(
+                    wire.encode(wire.TaskFailed(task_id=tid, message=exc.message, code=exc.code or ""))
+                )
         except websockets.exceptions.ConnectionClosed:
             pass
         except Exception as exc:
@@ -247,7 +249,9 @@ class MinerAgent:
             raise
         except HivemeshError as exc:
             with contextlib.suppress(Exception):
-                await ws.send(wire.encode(wire.TaskFailed(task_id=tid, message=exc.message)))
+                await ws.send(
+                    wire.encode(wire.TaskFailed(task_id=tid, message=exc.message, code=exc.code or ""))
+                )
         except TimeoutError:
             log.warning("reveal never requested task_id=%s", tid)
         except websockets.exceptions.ConnectionClosed:

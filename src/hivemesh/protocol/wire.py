@@ -66,7 +66,9 @@ class ModelCard(_Msg):
     engine: str = Field(max_length=64)
     context_length: int = Field(ge=1)
     verify: bool = False  # the engine can run token-level verification (a prefill with per-token evidence)
-    tokens: bool = False  # the engine reports the token ids it generated (needed to be a token-mode generator)
+    tokens: bool = (
+        False  # the engine reports the token ids it generated (needed to be a token-mode generator)
+    )
 
 
 class Hardware(_Msg):
@@ -210,6 +212,9 @@ class TaskFailed(_Msg):
     type: Literal["task_failed"] = "task_failed"
     task_id: Id
     message: str = Field(max_length=2000)
+    code: str = Field(
+        default="", max_length=64
+    )  # the error's code (e.g. context_length_exceeded), if it has one
 
 
 class Evidence(_Msg):
@@ -233,7 +238,9 @@ class Evidence(_Msg):
     logprobs: tuple[float, ...] = Field(max_length=MAX_TOKENS_CLAIMED)
     text_ok: bool
     prompt_tokens: int = Field(ge=0)  # the prompt's length as the verifier tokenised it
-    context_length: int = Field(ge=1)  # the verifier's context: a "length" finish may end there, not at max_tokens
+    context_length: int = Field(
+        ge=1
+    )  # the verifier's context: a "length" finish may end there, not at max_tokens
     problem: str = Field(default="", max_length=500)
     elapsed_ms: int = Field(ge=0)
     sig: str = ""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -37,7 +36,6 @@ from hivemesh.errors import (
     InvalidRequest,
     ModelNotFound,
     NoMinerAvailable,
-    UpstreamFailed,
 )
 from hivemesh.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_entry
 from hivemesh.protocol.wire import MAX_FRAME, ChatMessage, SamplingParams
@@ -53,9 +51,6 @@ M = TypeVar("M", bound=BaseModel)
 MAX_BODY = 2 * MAX_FRAME  # bytes of request body read at most; larger bodies are refused with 413
 PROMPT_FRAME_BUDGET = MAX_FRAME // 2  # JSON bytes of prompt + stops: the rest of a frame carries the answer
 MAX_TOKEN_BYTES = 128  # no vocabulary token spans more text than this (see the module docstring)
-_MINER_CONTEXT = re.compile(
-    r"no miner completed the task \(miner_error: (This model's maximum context length[^)]*)\)"
-)
 
 
 class JSONResponse(Response):
@@ -128,8 +123,8 @@ async def parse_body(request: Request, model: type[M]) -> M:
 
 def user_error(exc: HivemeshError, kind: Kind) -> HivemeshError:
     """A miner's context-length refusal is the user's 400, not a miner failure (502, which clients retry)."""
-    if isinstance(exc, UpstreamFailed) and (m := _MINER_CONTEXT.fullmatch(exc.message)):
-        return ContextTooLong(m.group(1), param="messages" if kind == "chat" else "prompt")
+    if isinstance(exc, ContextTooLong):  # the runners raise it when a miner refuses the prompt's length
+        return ContextTooLong(exc.message, param="messages" if kind == "chat" else "prompt")
     return exc
 
 

@@ -23,7 +23,7 @@ from hivemesh.core.agreement import Decision, Mode, Reveal, decide
 from hivemesh.core.pouw import MAX_CHARS_PER_TOKEN
 from hivemesh.core.reputation import Counters
 from hivemesh.core.selection import Candidate, rank
-from hivemesh.errors import HivemeshError, NoMinerAvailable, UpstreamFailed
+from hivemesh.errors import ContextTooLong, HivemeshError, NoMinerAvailable, UpstreamFailed
 from hivemesh.identity import Identity
 from hivemesh.protocol import wire
 from hivemesh.protocol.wire import NodeId
@@ -305,6 +305,8 @@ class TaskRun:
             await self._on_commit(slot, msg)
         elif isinstance(msg, wire.TaskFailed):
             self._fail_slot(slot, f"miner_error: {msg.message[:200]}")
+            if msg.code == ContextTooLong.code:  # deterministic: every miner would refuse it the same way
+                raise ContextTooLong(msg.message[:500])
 
     async def _on_commit(self, slot: Slot, msg: wire.Commit) -> None:
         expected = "revealing" if not self.immediate else None

@@ -23,7 +23,7 @@ from hivemesh.core import pouw
 from hivemesh.core.reputation import Counters
 from hivemesh.core.selection import Candidate, rank
 from hivemesh.core.verdict import TokenVerdict, summary
-from hivemesh.errors import HivemeshError, NoMinerAvailable, UpstreamFailed
+from hivemesh.errors import ContextTooLong, HivemeshError, NoMinerAvailable, UpstreamFailed
 from hivemesh.identity import Identity
 from hivemesh.protocol import wire
 from hivemesh.protocol.wire import NodeId
@@ -114,7 +114,7 @@ class TokenRun:
         elif isinstance(msg, wire.Evidence):
             self.events.put_nowait(pouw.EvidenceIn(node, msg, now))
         elif isinstance(msg, wire.TaskFailed):
-            self.events.put_nowait(pouw.Failed(node, f"miner_error: {msg.message[:200]}", now))
+            self.events.put_nowait(pouw.Failed(node, f"miner_error: {msg.message[:200]}", now, code=msg.code))
 
     def on_disconnect(self, node: str) -> None:
         if node in self.links:
@@ -332,6 +332,8 @@ class TokenRun:
         elif isinstance(eff, pouw.Deliver):
             await self._deliver(eff)
         elif isinstance(eff, pouw.FailTask):
+            if eff.code == ContextTooLong.code:
+                raise ContextTooLong(eff.reason.removeprefix("miner_error: "))
             raise UpstreamFailed(eff.reason)
 
     async def _send(self, node: str, msg: wire.Assign | wire.Verify | wire.RevealRequest) -> None:

@@ -252,3 +252,12 @@ def test_a_claim_over_max_tokens_is_refused() -> None:
     m.start()
     eff = generated(m, "G", tokens=(1, 2, 3, 4))
     assert [s.kind for s in of(eff, Strike)] == ["garbage"]
+
+
+def test_a_prompt_over_the_context_ends_the_task_at_once_without_a_strike() -> None:
+    m = TokenPoUW("t1", POLICY)
+    m.start()
+    m.apply(Drawn("generator", ("G",), 0.0))
+    eff = m.apply(Failed("G", "miner_error: too long", 0.1, code="context_length_exceeded"))
+    assert of(eff, FailTask) == [FailTask("miner_error: too long", "context_length_exceeded")]
+    assert not of(eff, Draw) and not of(eff, Strike) and m.phase is Phase.DONE
