@@ -4,7 +4,9 @@ Every generator attack returns a ``Finished`` whose ``tokens`` are exactly the i
 is rebuilt from the ids with the engine's own decoding rule), and a finish reason the claim can stand on, so the
 cheat passes every check but the token-level one (the verifier's forward pass)::
 
-    swap         one content token mid-answer replaced by the model's best other word there (a fact swap)
+    swap         one content token mid-answer replaced by the model's best other word there whose logit gap is
+                 above the verifier's tolerance (a fact swap: " Paris" -> " London")
+    near_tie     the same within the tolerance: the bounded cheat the tolerance lets through (at most its cap)
     runner_up    every 20th token is the model's second choice
     sampled      claims the request's temperature 0 but samples at 0.8
     ignore_seed  samples with another seed than the task's
@@ -45,6 +47,7 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from hivemesh.core.sampling import Sampler, pick
+from hivemesh.core.verdict import Tolerance
 from hivemesh.engines.base import Finished, GenerationRequest, Piece, TokenChecks, VerifyRequest
 from hivemesh.engines.llamacpp import LlamaCppEngine, _Cancelled, _find_stop, _Text, default_model_path
 from hivemesh.protocol.wire import Usage
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 ATTACKS: Final = (
     "honest",
     "swap",
+    "near_tie",
     "runner_up",
     "sampled",
     "ignore_seed",
@@ -197,8 +201,12 @@ class AttackEngine(LlamaCppEngine):  # type: ignore[misc]
             out = self._garbage(request)
             cheated = True
         else:  # swap, truncate: generate honestly, then tamper with the result
-            honest = self._decode(request, stop_flag, _honest, top=8 if self.attack == "swap" else 0)
-            tampered = self._swap(honest) if self.attack == "swap" else self._truncate(honest)
+            top = 16 if self.attack in ("swap", "near_tie") else 0
+            honest = self._decode(request, stop_flag, _honest, top=top)
+            if self.attack == "truncate":
+                tampered = self._truncate(honest)
+            else:
+                tampered = self._swap(honest, near_tie=self.attack == "near_tie")
             out, cheated = (tampered, True) if tampered is not None else (honest, False)
         self.claims += 1
         self.cheats += int(cheated)
@@ -237,7 +245,7 @@ class AttackEngine(LlamaCppEngine):  # type: ignore[misc]
         llm.eval(prompt[keep:])
         out: list[int] = []
         eog: list[int] = []
-        tops: list[list[int]] = []
+        tops: list[list[tuple[int, float]]] = []
         text = _Text()
         finish: Literal["stop", "length"] = "length"
         deviated = False
@@ -250,7 +258,8 @@ class AttackEngine(LlamaCppEngine):  # type: ignore[misc]
             deviated |= tok != honest
             if top:
                 best = np.argpartition(row, -top)[-top:]
-                tops.append([int(i) for i in best[np.argsort(-row[best])]])
+                order = best[np.argsort(-row[best])]
+                tops.append([(int(i), float(row[order[0]] - row[i])) for i in order])
             if self._is_eog(tok):
                 eog.append(tok)
                 finish = "stop"
@@ -303,7 +312,11 @@ class AttackEngine(LlamaCppEngine):  # type: ignore[misc]
             return None
         return _Out(tuple(body), eog, text.text, finish, base.prompt_tokens, base.stops, True, [])
 
-    def _swap(self, honest: _Out) -> _Out | None:
+    def _swap(self, honest: _Out, *, near_tie: bool = False) -> _Out | None:
+        """One content word of the honest answer replaced by another word the model ranks among its top 16 there:
+        the best one whose logit gap to the honest pick is above the verifier's default tolerance (``swap``: a
+        fact swap), or within it (``near_tie``: the one cheat the tolerance lets through, bounded by its cap)."""
+        margin = Tolerance().margin
         body = list(honest.body)
         n = len(body)
         if n < 2:
@@ -313,7 +326,9 @@ class AttackEngine(LlamaCppEngine):  # type: ignore[misc]
         for i in [*middle, *range(n)]:
             if not _is_word(self._piece(body[i])):
                 continue
-            for alt in honest.tops[i]:
+            for alt, gap in honest.tops[i]:
+                if (gap <= margin) != near_tie:
+                    continue
                 if alt != body[i] and _is_word(self._piece(alt)) and not self._is_eog(alt):
                     tampered = self._rebuild(
                         honest, [*body[:i], alt, *body[i + 1 :]], honest.eog, honest.finish
@@ -399,7 +414,7 @@ class _Out:
         prompt_tokens: int,
         stops: tuple[str, ...],
         deviated: bool,
-        tops: list[list[int]],
+        tops: list[list[tuple[int, float]]],
     ) -> None:
         self.body, self.eog, self.text, self.finish = body, eog, text, finish
         self.prompt_tokens, self.stops, self.deviated, self.tops = prompt_tokens, stops, deviated, tops
