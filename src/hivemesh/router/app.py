@@ -102,7 +102,7 @@ def build_app(
 
     routes: list[Any] = [
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
-        Route("/v1/completions", api.completions, methods=["POST"]),
+        Route("/v1/completions", api.completions_route, methods=["POST"]),
         Route("/v1/models", api.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", api.get_model, methods=["GET"]),
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),

@@ -4,23 +4,15 @@ Handlers parse, call the service, and serialise; the hivemesh verification block
 (``hivemesh`` field, ``x-hivemesh-*`` headers; in a stream, on the last event before ``[DONE]``: the chunk that
 carries ``finish_reason``, or with ``stream_options.include_usage`` the usage chunk after it).
 
-Before any miner is involved a request is refused (400) when it sets an OpenAI parameter the network does not
-serve, or when its prompt provably cannot fit: the router has no tokenizer, so it uses a lower bound on the
-prompt's token count, ``utf8_bytes // MAX_TOKEN_BYTES``, sound as long as no token of the model's vocabulary spans
-more than ``MAX_TOKEN_BYTES`` bytes of text (SmolLM2's longest token is 32 bytes; 128 leaves room for vocabularies
-with long runs of whitespace or punctuation as single tokens), and refuses when that bound alone reaches the
-largest context any connected miner advertises for the model (``max_tokens`` is not added: engines shorten the
-answer to the room left, so only a prompt that leaves no room at all is certain to fail); and when the prompt
-could not travel in one miner frame (``wire.MAX_FRAME``). Prompts between the bound and the real limit reach a
-miner, whose own context error comes back as the same 400 (``context_length_exceeded``), not as a miner failure.
+Requests start through ``router.completions`` (the path every door shares: refusals of unserved parameters and
+prompts that cannot fit, limits, reservation). A client that disconnects, mid-stream or while waiting for a
+non-streamed answer, cancels its task on every miner; nothing is billed for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import secrets
-import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -30,27 +22,19 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from hivemesh.errors import (
-    ContextTooLong,
-    HivemeshError,
-    InvalidRequest,
-    ModelNotFound,
-    NoMinerAvailable,
-)
+from hivemesh.errors import HivemeshError, InvalidRequest, ModelNotFound
 from hivemesh.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_entry
-from hivemesh.protocol.wire import MAX_FRAME, ChatMessage, SamplingParams
+from hivemesh.protocol.wire import MAX_FRAME
 from hivemesh.router.auth import Authenticator, Principal
-from hivemesh.router.domain import Outcome, SessionSpec, TaskSpec
+from hivemesh.router.completions import CLIENT_GONE, Body, Completions, Kind, Started, user_error
+from hivemesh.router.domain import Outcome, TaskSpec
 from hivemesh.router.runner import StreamEnd
-from hivemesh.router.service import RouterService, new_task_id
+from hivemesh.router.service import RouterService
 from hivemesh.router.sse import DONE, frame
 
-Kind = Literal["chat", "completion"]
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY = 2 * MAX_FRAME  # bytes of request body read at most; larger bodies are refused with 413
-PROMPT_FRAME_BUDGET = MAX_FRAME // 2  # JSON bytes of prompt + stops: the rest of a frame carries the answer
-MAX_TOKEN_BYTES = 128  # no vocabulary token spans more text than this (see the module docstring)
 
 
 class JSONResponse(Response):
@@ -121,24 +105,17 @@ async def parse_body(request: Request, model: type[M]) -> M:
     return validate(model, data)
 
 
-def user_error(exc: HivemeshError, kind: Kind) -> HivemeshError:
-    """A miner's context-length refusal is the user's 400, not a miner failure (502, which clients retry)."""
-    if isinstance(exc, ContextTooLong):  # the runners raise it when a miner refuses the prompt's length
-        return ContextTooLong(exc.message, param="messages" if kind == "chat" else "prompt")
-    return exc
-
-
-async def answer_of(run: Run) -> Outcome:
-    try:
-        return await run.answer
-    except HivemeshError as exc:
-        raise user_error(exc, run.spec.kind) from None
+async def until_disconnect(request: Request) -> None:
+    """Resolves when the HTTP client goes away (its body already read: only ``http.disconnect`` is left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class OpenAIApi:
     def __init__(self, service: RouterService, auth: Authenticator) -> None:
         self.service = service
         self.auth = auth
+        self.completions = Completions(service)
 
     async def principal(self, request: Request) -> Principal:
         return await self.auth.authenticate(request.headers.get("authorization"))
@@ -171,132 +148,28 @@ class OpenAIApi:
 
     async def chat_completions(self, request: Request) -> Response:
         principal = await self.principal(request)
-        body = await parse_body(request, ChatCompletionRequest)
-        messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
-        return await self._complete(principal, request, body, "chat", messages=messages)
+        return await self._complete(principal, request, await parse_body(request, ChatCompletionRequest))
 
-    async def completions(self, request: Request) -> Response:
+    async def completions_route(self, request: Request) -> Response:
         principal = await self.principal(request)
-        body = await parse_body(request, CompletionRequest)
-        return await self._complete(principal, request, body, "completion", prompt=body.text())
+        return await self._complete(principal, request, await parse_body(request, CompletionRequest))
 
-    async def _complete(
-        self,
-        principal: Principal,
-        request: Request,
-        body: ChatCompletionRequest | CompletionRequest,
-        kind: Kind,
-        *,
-        messages: tuple[ChatMessage, ...] = (),
-        prompt: str = "",
-    ) -> Response:
+    async def _complete(self, principal: Principal, request: Request, body: Body) -> Response:
         session_id = request.headers.get("x-hivemesh-session") or body.session_id
-        sessions = self.service.sessions
-        if session_id:
-            session = await sessions.get(session_id, owner=principal.owner)
-            if not session.active:
-                raise InvalidRequest(f"session {session_id!r} is deactivated", param="session_id")
-        else:
-            session = await sessions.default_for(principal.owner)
-        spec = self.build_spec(session, body, kind, messages=messages, prompt=prompt)
-        limits = self.rate_limit(principal, spec)
-        run = await self.service.submit(spec, stream=body.stream, default_session=not session_id)
-        if body.stream:
-            resp = self.stream_response(run, spec, kind, include_usage=body.include_usage)
-            resp.headers.update(limits)
+        started = await self.completions.start(principal, body, session_id=session_id)
+        return await self.respond(started, request, include_usage=body.include_usage)
+
+    async def respond(self, started: Started, request: Request, *, include_usage: bool) -> Response:
+        """The answer as OpenAI sends it: a stream of chunks, or one body once the task has ended."""
+        if started.spec.stream:
+            resp = self.stream_response(started.run, started.spec, started.kind, include_usage=include_usage)
+            resp.headers.update(started.limits)
             return resp
-        outcome = await answer_of(run)
-        return JSONResponse(render(outcome, spec, kind), headers={**outcome_headers(outcome), **limits})
-
-    def rate_limit(self, principal: Principal, spec: TaskSpec) -> dict[str, str]:
-        """Enforce the key's requests/min and tokens/min (429 with retry-after); the x-ratelimit-* headers."""
-        if principal.key_id is None or (principal.rpm is None and principal.tpm is None):
-            return {}
-        tokens = (
-            spec.params.max_tokens + len(spec.prompt) // 4 + sum(len(m.content) for m in spec.messages) // 4
+        outcome = await self.completions.answer(started, until_disconnect(request))
+        return JSONResponse(
+            render(outcome, started.spec, started.kind),
+            headers={**outcome_headers(outcome), **started.limits},
         )
-        state = self.service.limiter.check(
-            principal.key_id, principal.rpm, principal.tpm, tokens, time.monotonic()
-        )
-        return state.headers()
-
-    def build_spec(
-        self,
-        session: SessionSpec,
-        body: ChatCompletionRequest | CompletionRequest,
-        kind: Kind,
-        *,
-        messages: tuple[ChatMessage, ...] = (),
-        prompt: str = "",
-    ) -> TaskSpec:
-        models = self.service.hub.models()
-        if body.model not in models:
-            if body.model in self.service.hub.known_models:
-                raise NoMinerAvailable(f"no connected miner serves '{body.model}' right now", retry_after=5)
-            raise ModelNotFound(
-                f"The model '{body.model}' does not exist or no miner serves it", param="model"
-            )
-        if session.model and session.model != body.model:
-            raise InvalidRequest(f"session {session.id} is for model {session.model!r}", param="model")
-        if refused := body.unserved():
-            raise InvalidRequest(refused[1], param=refused[0])
-        self.check_fits(body, messages=messages, prompt=prompt)
-        limit = body.token_limit()
-        seed = body.engine_seed()
-        params = SamplingParams(
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            max_tokens=min(limit or session.max_tokens, session.max_tokens),
-            stop=body.stops(),
-            seed=secrets.randbits(31) if seed is None else seed,
-            presence_penalty=body.presence_penalty,
-            frequency_penalty=body.frequency_penalty,
-        )
-        return TaskSpec(
-            id=new_task_id(),
-            session=session,
-            model=body.model,
-            kind=kind,
-            params=params,
-            messages=messages,
-            prompt=prompt,
-            stream=body.stream,
-            created_at=time.time(),
-        )
-
-    def check_fits(
-        self,
-        body: ChatCompletionRequest | CompletionRequest,
-        *,
-        messages: tuple[ChatMessage, ...] = (),
-        prompt: str = "",
-    ) -> None:
-        """Refuse a prompt that provably cannot fit the model's context, or a miner frame (module docstring)."""
-        param = "messages" if messages else "prompt"
-        texts = [m.content for m in messages] if messages else [prompt]
-        framed = len(orjson.dumps([*texts, *body.stops()]))
-        if framed > PROMPT_FRAME_BUDGET:
-            raise ContextTooLong(
-                f"This request's prompt is {framed} bytes; the network carries at most "
-                f"{PROMPT_FRAME_BUDGET} bytes of prompt per task. Please reduce the length of the messages.",
-                param=param,
-            )
-        context = max(
-            (
-                c.context_length
-                for ln in self.service.hub.serving(body.model)
-                for c in ln.cards
-                if c.id == body.model
-            ),
-            default=0,
-        )
-        at_least = sum(len(t.encode()) for t in texts) // MAX_TOKEN_BYTES
-        if context and at_least >= context:
-            raise ContextTooLong(
-                f"This model's maximum context length is {context} tokens. However, your prompt has at least "
-                f"{at_least} tokens. Please reduce the length of the {param}.",
-                param=param,
-            )
 
     def stream_response(self, run: Run, spec: TaskSpec, kind: Kind, *, include_usage: bool) -> Response:
         assert run.stream is not None
@@ -329,26 +202,28 @@ class OpenAIApi:
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
         async def events() -> AsyncIterator[bytes]:
-            if kind == "chat":
-                yield chunk([piece("", first=True)])
-            while True:
+            item: str | StreamEnd = ""
+            try:
+                if kind == "chat":
+                    yield chunk([piece("", first=True)])
                 item = await queue.get()
-                if isinstance(item, str):
+                while isinstance(item, str):
                     yield chunk([piece(item)])
-                    continue
-                assert isinstance(item, StreamEnd)
-                if item.error is not None or item.outcome is None:
-                    err = user_error(item.error or HivemeshError("stream ended without an answer"), kind)
-                    yield frame(err.body())
-                    return
-                out = item.outcome
-                if include_usage:  # OpenAI's contract: the usage chunk, after the finish, has no choices
-                    yield chunk([piece("", finish=out.finish_reason)])
-                    yield chunk([], hivemesh=out.verification(), usage=usage_json(out))
-                else:  # a loop over chunk.choices[0] must not break: the verdict rides on the finish chunk
-                    yield chunk([piece("", finish=out.finish_reason)], hivemesh=out.verification())
-                yield DONE
+                    item = await queue.get()
+            finally:  # not at the end: the client went away (the server stopped iterating), stop the miners
+                if not isinstance(item, StreamEnd):
+                    self.service.cancel(spec.id, CLIENT_GONE)
+            if item.error is not None or item.outcome is None:
+                err = user_error(item.error or HivemeshError("stream ended without an answer"), kind)
+                yield frame(err.body())
                 return
+            out = item.outcome
+            if include_usage:  # OpenAI's contract: the usage chunk, after the finish, has no choices
+                yield chunk([piece("", finish=out.finish_reason)])
+                yield chunk([], hivemesh=out.verification(), usage=usage_json(out))
+            else:  # a loop over chunk.choices[0] must not break: the verdict rides on the finish chunk
+                yield chunk([piece("", finish=out.finish_reason)], hivemesh=out.verification())
+            yield DONE
 
         return StreamingResponse(
             events(),

@@ -59,6 +59,10 @@ class RouterService:
         self.scheduler = Scheduler(self.hub, queue_timeout_s=config.queue_timeout_s)
         self.sessions = Sessions(store, config.defaults)
         self._bg: set[asyncio.Task[Any]] = set()
+        self._drives: dict[
+            str, tuple[Run, asyncio.Task[Any]]
+        ] = {}  # task id -> its run and the task driving it
+        self._cancelled: dict[str, str] = {}  # task id -> why its caller cancelled it
         self.started_at = time.time()
         # called with each TaskRun once it has ended (run.final set) or failed: metrics, dashboards, billing
         self.observers: list[Callable[[Run], None]] = []
@@ -143,7 +147,11 @@ class RouterService:
 
         async def drive() -> None:
             try:
-                await run.run()
+                await run.run()  # its finally sends Cancel to every miner still working on the task
+            except asyncio.CancelledError:
+                if (why := self._cancelled.pop(spec.id, None)) is not None:
+                    await self._abandon(run, why)
+                raise
             finally:
                 for observe in self.observers:
                     try:
@@ -153,7 +161,9 @@ class RouterService:
 
         def start() -> None:
             run.begin()
-            self._spawn(drive(), f"task-{spec.id}")
+            task = self._spawn(drive(), f"task-{spec.id}")
+            self._drives[spec.id] = (run, task)
+            task.add_done_callback(lambda _: self._drives.pop(spec.id, None))
 
         try:
             await self.scheduler.enqueue(Ticket(spec, start))
@@ -174,6 +184,36 @@ class RouterService:
                 await self.store.write(update(s.tasks).where(s.tasks.c.id == spec.id).values(**failed))
             raise
         return run
+
+    def cancel(self, task_id: str, reason: str) -> bool:
+        """Stop a task its caller no longer wants (a client that disconnected): its miners are told to cancel,
+        its record ends ``failed`` with ``reason``, its hold is released and nothing is billed. False when the
+        task is not running here or has already answered (an answer given is an answer billed)."""
+        if (drive := self._drives.get(task_id)) is None:
+            return False
+        run, task = drive
+        if task.done() or run.answer.done():
+            return False
+        self._cancelled[task_id] = reason
+        task.cancel(reason)
+        log.info("task cancelled task_id=%s reason=%s", task_id, reason)
+        return True
+
+    async def _abandon(self, run: Run, why: str) -> None:
+        """The end of a cancelled run: recorded as failed, no miner scored, the caller's futures resolved."""
+        exc = HivemeshError(why, code="cancelled")
+        run.error = exc
+        now = time.time()
+        run.record.event("failed", None, reason=why)
+        run.record.task(phase="failed", error=why, finished_at=now, updated_at=now)
+        try:
+            await run.record.persist()
+        finally:
+            if not run.answer.done():
+                run.answer.set_exception(exc)
+                run.answer.exception()  # the caller is gone: nobody else will retrieve it
+                if run.stream is not None:
+                    run.stream.put_nowait(StreamEnd(error=exc))
 
     # ------------------------------------------------------------------ billing hooks
 

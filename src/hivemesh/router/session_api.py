@@ -18,16 +18,7 @@ from starlette.routing import Route
 from hivemesh import __version__
 from hivemesh.errors import InvalidRequest, NotFound, PermissionDenied
 from hivemesh.protocol.openai import ChatCompletionRequest, CompletionRequest, InMessage
-from hivemesh.protocol.wire import ChatMessage
-from hivemesh.router.openai_api import (
-    JSONResponse,
-    OpenAIApi,
-    answer_of,
-    outcome_headers,
-    parse_body,
-    render,
-    validate,
-)
+from hivemesh.router.openai_api import JSONResponse, OpenAIApi, parse_body, validate
 from hivemesh.router.sessions import to_json
 from hivemesh.store import schema as s
 
@@ -393,8 +384,6 @@ class SessionApi:
         if not sid:
             raise InvalidRequest("session_id is required", param="session_id")
         session = await self.service.sessions.get(sid, owner=principal.owner)
-        if not session.active:
-            raise InvalidRequest(f"session {sid!r} is deactivated", param="session_id")
         model = body.model or session.model or next(iter(sorted(self.service.hub.models())), None)
         if model is None:
             raise NotFound("no model given and no miner is connected", param="model", code="model_not_found")
@@ -407,28 +396,18 @@ class SessionApi:
             "seed": body.seed,
             "stream": body.stream and body.wait,
         }
+        req: ChatCompletionRequest | CompletionRequest
         if body.messages:
-            req: ChatCompletionRequest | CompletionRequest = validate(
-                ChatCompletionRequest, {**common, "messages": body.messages}
-            )
-            messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
-            spec = self.api.build_spec(session, req, "chat", messages=messages)
+            req = validate(ChatCompletionRequest, {**common, "messages": body.messages})
         elif body.prompt is not None:
             req = validate(CompletionRequest, {**common, "prompt": body.prompt})
-            spec = self.api.build_spec(session, req, "completion", prompt=body.prompt)
         else:
             raise InvalidRequest("give a prompt or messages", param="prompt")
-        limits = self.api.rate_limit(principal, spec)  # the key's rpm/tpm, as on the OpenAI routes
-        run = await self.service.submit(spec, stream=req.stream, default_session=False, durable=not body.wait)
-        if req.stream:
-            resp = self.api.stream_response(run, spec, spec.kind, include_usage=True)
-            resp.headers.update(limits)
-            return resp
+        started = await self.api.completions.start(principal, req, session_id=sid, durable=not body.wait)
         if not body.wait:
             return JSONResponse(
-                {"id": spec.id, "object": "task", "session_id": sid, "phase": "queued"},
+                {"id": started.spec.id, "object": "task", "session_id": sid, "phase": "queued"},
                 status_code=202,
-                headers=limits,
+                headers=started.limits,
             )
-        outcome = await answer_of(run)
-        return JSONResponse(render(outcome, spec, spec.kind), headers={**outcome_headers(outcome), **limits})
+        return await self.api.respond(started, request, include_usage=True)

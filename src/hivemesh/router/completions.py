@@ -1,0 +1,206 @@
+"""The one way a completion starts, whatever door it came in by (OpenAI API, Session API, client WebSocket):
+session -> spec (model, unserved parameters, context fit, sampling) -> the key's limits -> reserve and submit.
+Each door authenticates its own way and renders the outcome its own way; everything between is here, so
+validation, errors and limits are the same on all of them.
+
+Before any miner is involved a request is refused (400) when it sets an OpenAI parameter the network does not
+serve, or when its prompt provably cannot fit: the router has no tokenizer, so it uses a lower bound on the
+prompt's token count, ``utf8_bytes // MAX_TOKEN_BYTES``, sound as long as no token of the model's vocabulary spans
+more than ``MAX_TOKEN_BYTES`` bytes of text (SmolLM2's longest token is 32 bytes; 128 leaves room for vocabularies
+with long runs of whitespace or punctuation as single tokens), and refuses when that bound alone reaches the
+largest context any connected miner advertises for the model (``max_tokens`` is not added: engines shorten the
+answer to the room left, so only a prompt that leaves no room at all is certain to fail); and when the prompt
+could not travel in one miner frame (``wire.MAX_FRAME``). Prompts between the bound and the real limit reach a
+miner, whose own context error comes back as the same 400 (``context_length_exceeded``), not as a miner failure.
+
+A caller that goes away (``until_gone`` resolves) cancels its task: ``RouterService.cancel`` stops the run, whose
+miners are told to cancel, and nothing is billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import orjson
+
+from hivemesh.errors import ContextTooLong, HivemeshError, InvalidRequest, ModelNotFound, NoMinerAvailable
+from hivemesh.protocol.openai import ChatCompletionRequest, CompletionRequest
+from hivemesh.protocol.wire import MAX_FRAME, ChatMessage, SamplingParams
+from hivemesh.router.auth import Principal
+from hivemesh.router.domain import Outcome, SessionSpec, TaskSpec
+from hivemesh.router.service import RouterService, new_task_id
+from hivemesh.router.token_run import Run
+
+Kind = Literal["chat", "completion"]
+Body = ChatCompletionRequest | CompletionRequest
+
+PROMPT_FRAME_BUDGET = MAX_FRAME // 2  # JSON bytes of prompt + stops: the rest of a frame carries the answer
+MAX_TOKEN_BYTES = 128  # no vocabulary token spans more text than this (see the module docstring)
+CLIENT_GONE = "client disconnected"
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A submitted task: its spec, its run (answer future, stream queue) and the key's rate-limit headers."""
+
+    spec: TaskSpec
+    run: Run
+    limits: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> Kind:
+        return self.spec.kind
+
+
+def kind_of(body: Body) -> Kind:
+    return "chat" if isinstance(body, ChatCompletionRequest) else "completion"
+
+
+def user_error(exc: HivemeshError, kind: Kind) -> HivemeshError:
+    """A miner's context-length refusal is the user's 400, not a miner failure (502, which clients retry)."""
+    if isinstance(exc, ContextTooLong):  # the runners raise it when a miner refuses the prompt's length
+        return ContextTooLong(exc.message, param="messages" if kind == "chat" else "prompt")
+    return exc
+
+
+async def answer_of(run: Run) -> Outcome:
+    try:
+        return await run.answer
+    except HivemeshError as exc:
+        raise user_error(exc, run.spec.kind) from None
+
+
+class Completions:
+    def __init__(self, service: RouterService) -> None:
+        self.service = service
+
+    async def start(
+        self,
+        principal: Principal,
+        body: Body,
+        *,
+        session_id: str | None = None,
+        durable: bool = False,
+    ) -> Started:
+        """Run ``body`` for ``principal`` in ``session_id`` (else the key's default session). Raises the
+        request's error (400, 402, 404, 429, 503) before any miner works on it."""
+        sessions = self.service.sessions
+        if session_id:
+            session = await sessions.get(session_id, owner=principal.owner)
+            if not session.active:
+                raise InvalidRequest(f"session {session_id!r} is deactivated", param="session_id")
+        else:
+            session = await sessions.default_for(principal.owner)
+        spec = self.build_spec(session, body)
+        limits = self.rate_limit(principal, spec)
+        run = await self.service.submit(
+            spec, stream=body.stream, default_session=not session_id, durable=durable
+        )
+        return Started(spec, run, limits)
+
+    async def answer(self, started: Started, until_gone: Awaitable[None] | None = None) -> Outcome:
+        """The task's outcome; when ``until_gone`` (the caller's disconnect) resolves first, the task is
+        cancelled on every miner and this raises its failure."""
+        if until_gone is None:
+            return await answer_of(started.run)
+        watch = asyncio.ensure_future(until_gone)
+        tid = started.spec.id
+
+        def gone(w: asyncio.Future[None]) -> None:
+            if not w.cancelled() and w.exception() is None:
+                self.service.cancel(tid, CLIENT_GONE)
+
+        watch.add_done_callback(gone)
+        try:
+            return await answer_of(started.run)
+        finally:
+            watch.cancel()
+
+    def cancel(self, task_id: str, reason: str = CLIENT_GONE) -> bool:
+        return self.service.cancel(task_id, reason)
+
+    def rate_limit(self, principal: Principal, spec: TaskSpec) -> dict[str, str]:
+        """Enforce the key's requests/min and tokens/min (429 with retry-after); the x-ratelimit-* headers."""
+        if principal.key_id is None or (principal.rpm is None and principal.tpm is None):
+            return {}
+        tokens = (
+            spec.params.max_tokens + len(spec.prompt) // 4 + sum(len(m.content) for m in spec.messages) // 4
+        )
+        state = self.service.limiter.check(
+            principal.key_id, principal.rpm, principal.tpm, tokens, time.monotonic()
+        )
+        return state.headers()
+
+    def build_spec(self, session: SessionSpec, body: Body) -> TaskSpec:
+        hub = self.service.hub
+        if body.model not in hub.models():
+            if body.model in hub.known_models:
+                raise NoMinerAvailable(f"no connected miner serves '{body.model}' right now", retry_after=5)
+            raise ModelNotFound(
+                f"The model '{body.model}' does not exist or no miner serves it", param="model"
+            )
+        if session.model and session.model != body.model:
+            raise InvalidRequest(f"session {session.id} is for model {session.model!r}", param="model")
+        if refused := body.unserved():
+            raise InvalidRequest(refused[1], param=refused[0])
+        if isinstance(body, ChatCompletionRequest):
+            messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
+            prompt = ""
+        else:
+            messages, prompt = (), body.text()
+        self.check_fits(body, messages=messages, prompt=prompt)
+        limit = body.token_limit()
+        seed = body.engine_seed()
+        params = SamplingParams(
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            max_tokens=min(limit or session.max_tokens, session.max_tokens),
+            stop=body.stops(),
+            seed=secrets.randbits(31) if seed is None else seed,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+        )
+        return TaskSpec(
+            id=new_task_id(),
+            session=session,
+            model=body.model,
+            kind=kind_of(body),
+            params=params,
+            messages=messages,
+            prompt=prompt,
+            stream=body.stream,
+            created_at=time.time(),
+        )
+
+    def check_fits(self, body: Body, *, messages: tuple[ChatMessage, ...] = (), prompt: str = "") -> None:
+        """Refuse a prompt that provably cannot fit the model's context, or a miner frame (module docstring)."""
+        param = "messages" if messages else "prompt"
+        texts = [m.content for m in messages] if messages else [prompt]
+        framed = len(orjson.dumps([*texts, *body.stops()]))
+        if framed > PROMPT_FRAME_BUDGET:
+            raise ContextTooLong(
+                f"This request's prompt is {framed} bytes; the network carries at most "
+                f"{PROMPT_FRAME_BUDGET} bytes of prompt per task. Please reduce the length of the messages.",
+                param=param,
+            )
+        context = max(
+            (
+                c.context_length
+                for ln in self.service.hub.serving(body.model)
+                for c in ln.cards
+                if c.id == body.model
+            ),
+            default=0,
+        )
+        at_least = sum(len(t.encode()) for t in texts) // MAX_TOKEN_BYTES
+        if context and at_least >= context:
+            raise ContextTooLong(
+                f"This model's maximum context length is {context} tokens. However, your prompt has at least "
+                f"{at_least} tokens. Please reduce the length of the {param}.",
+                param=param,
+            )
