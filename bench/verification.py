@@ -397,7 +397,9 @@ class TokenNet:
     """A router process and miner processes; attackers that get quarantined rejoin under a fresh identity (a
     sybil's cheapest move), so an attack keeps being tried for the whole run."""
 
-    def __init__(self, procs: Procs, tmp: Path, max_tokens: int, *, semantic: bool = False) -> None:
+    def __init__(
+        self, procs: Procs, tmp: Path, max_tokens: int, *, semantic: bool = False, verifiers: int = 1
+    ) -> None:
         self.procs, self.tmp, self.max_tokens = procs, tmp, max_tokens
         self.members: dict[str, Member] = {}
         self._ref: str | None = None
@@ -414,6 +416,10 @@ class TokenNet:
                 "--log-level",
                 "warning",
                 "--semantic" if semantic else "--no-semantic",
+                "--mode",
+                "token",
+                "--verifiers",
+                str(verifiers),
             ),
         )
         self.port = port
@@ -496,10 +502,10 @@ class TokenNet:
 
     def session(self, **kw: Any) -> str:
         r = self.http.post("/api/v1/sessions", json=kw)
-        if r.status_code in (400, 422) and kw.get("mode") == "token" and kw.get("verifiers", 1) == 1:
-            # a router whose Session API does not take mode/verifiers yet: its default is token, v=1
+        if r.status_code in (400, 422) and kw.get("mode") == "token":
+            # a router whose Session API does not take mode/verifiers (yet): use its defaults when they match
             defaults = self.http.get("/api/v1/info").json().get("defaults", {})
-            if defaults.get("mode") == "token" and defaults.get("verifiers", 1) == 1:
+            if defaults.get("mode") == "token" and defaults.get("verifiers", 1) == kw.get("verifiers", 1):
                 r = self.http.post("/api/v1/sessions", json={})
         if r.status_code not in (200, 201):
             raise SystemExit(f"POST /api/v1/sessions {kw}: HTTP {r.status_code} {r.text[:300]}")
@@ -944,20 +950,100 @@ def _cost(net: TokenNet, args: argparse.Namespace) -> None:
         )
 
 
+def part_cost_split(args: argparse.Namespace) -> None:
+    """(c') Where a verifier's time goes, in-process on one thread: greedy generation vs a cold verification (no
+    KV cache of the prompt: a verifier has not seen the prompt) split into the prompt's prefill and the rest (the
+    claimed tokens' prefill with logits on every row and the per-row replay of the sampler)."""
+    import asyncio
+
+    from bench.attackers import avoid_repack_crash
+    from hivemesh.engines.base import GenerationRequest, Piece, VerifyRequest
+    from hivemesh.engines.llamacpp import LlamaCppEngine
+    from hivemesh.protocol.wire import ChatMessage, SamplingParams
+
+    avoid_repack_crash()
+    rows: list[tuple[int, int, float, float, float]] = []
+
+    async def run() -> None:
+        eng = LlamaCppEngine(n_threads=1)
+        await eng.start()
+        try:
+            for i in range(args.split_tasks):
+                req = GenerationRequest(
+                    model=MODEL,
+                    kind="chat",
+                    params=SamplingParams(temperature=0.0, seed=1, max_tokens=args.split_max_tokens),
+                    messages=(ChatMessage(role="user", content=prompt_of(i)),),
+                )
+                eng._llm.reset()
+                c0 = time.process_time()
+                parts, fin = [], None
+                async for ev in eng.generate(req):
+                    if isinstance(ev, Piece):
+                        parts.append(ev.text)
+                    else:
+                        fin = ev
+                gen = time.process_time() - c0
+                assert fin is not None
+                eng._llm.reset()
+                c0 = time.process_time()
+                await eng.verify(VerifyRequest(req, fin.tokens, "".join(parts), fin.finish_reason))
+                ver = time.process_time() - c0
+                prompt, _ = eng._prompt_tokens(req)
+                eng._llm.reset()
+                c0 = time.process_time()
+                await asyncio.to_thread(eng._llm.eval, prompt)
+                pre = time.process_time() - c0
+                rows.append((len(prompt), len(fin.tokens), gen, ver, pre))
+        finally:
+            await eng.close()
+
+    asyncio.run(run())
+    gen = sum(r[2] for r in rows)
+    ver = sum(r[3] for r in rows)
+    pre = sum(r[4] for r in rows)
+    pt = sum(r[0] for r in rows)
+    ct = sum(r[1] for r in rows)
+    t = Table(
+        title=f"(c') verifier vs generator CPU in-process, 1 thread, {len(rows)} greedy answers "
+        f"(max_tokens {args.split_max_tokens}; {pt / len(rows):.0f} prompt + {ct / len(rows):.0f} answer tokens each)"
+    )
+    for col in ("what", "CPU / task", "share of generation", "per token"):
+        t.add_column(col, justify="right")
+    n = len(rows)
+    t.add_row("generation (prompt prefill + decode)", f"{gen / n:.3f} s", "100%", f"{gen / ct * 1000:.1f} ms")
+    t.add_row(
+        "verification, cold", f"{ver / n:.3f} s", f"{ver / gen:.0%}", f"{ver / (pt + ct) * 1000:.1f} ms"
+    )
+    t.add_row(
+        "  of which the prompt's prefill", f"{pre / n:.3f} s", f"{pre / gen:.0%}", f"{pre / pt * 1000:.1f} ms"
+    )
+    t.add_row(
+        "  of which the answer (prefill, logits, sampler replay)",
+        f"{(ver - pre) / n:.3f} s",
+        f"{(ver - pre) / gen:.0%}",
+        f"{(ver - pre) / ct * 1000:.1f} ms",
+    )
+    console.print(t)
+
+
 def part_collusion(procs: Procs, tmp: Path, args: argparse.Namespace) -> None:
-    """(d) s sybils (swap generators that accept everything as verifiers) among h honest miners, v = 1, 2, 3."""
+    """(d) s sybils (swap generators that accept everything as verifiers) among h honest miners, v = 1, 2, 3:
+    a fresh network for each (s, v), so no reputation carries over."""
     from hivemesh.core.verdict import p_all_sybil
 
     rows = []
     h = args.collusion_honest
     for s in args.sybils:
-        net = TokenNet(procs, tmp / f"collusion-{s}", args.max_tokens)
-        try:
-            honest = [net.add_honest(f"honest-{i}", 1) for i in range(h)]
-            sybils = [net.add_attacker(f"sybil-{j}", "swap", "accept_all", role="sybil") for j in range(s)]
-            for v in (1, 2, 3):
-                if v > s - 1 + h:
-                    continue
+        for v in (1, 2, 3):
+            if v > s - 1 + h:
+                continue
+            net = TokenNet(procs, tmp / f"collusion-{s}-{v}", args.max_tokens, verifiers=v)
+            try:
+                honest = [net.add_honest(f"honest-{i}", 1) for i in range(h)]
+                sybils = [
+                    net.add_attacker(f"sybil-{j}", "swap", "accept_all", role="sybil") for j in range(s)
+                ]
                 try:
                     sid = net.session(mode="token", verifiers=v)
                 except SystemExit as exc:
@@ -989,9 +1075,9 @@ def part_collusion(procs: Procs, tmp: Path, args: argparse.Namespace) -> None:
                 r["rotations"] = sum(m.rotations for m in sybils)
                 rows.append(r)
                 console.print(f"  collusion: {r}")
-        finally:
-            net.close()
-            procs.stop_all()
+            finally:
+                net.close()
+                procs.stop_all()
     t = Table(title=f"(d) collusion: s sybils (swap generator + accept-all verifier) among {h} honest miners")
     for col in (
         "s",
@@ -1038,6 +1124,8 @@ def run_token(args: argparse.Namespace) -> int:
             if "cost" not in args.only:
                 args.cost_rounds = 0
             part_honest_and_cost(procs, tmp, args)
+        if "split" in args.only:
+            part_cost_split(args)
         if "collusion" in args.only:
             part_collusion(procs, tmp, args)
         console.print(f"token part: {time.perf_counter() - t0:.0f} s")
@@ -1062,7 +1150,13 @@ def main() -> int:
     )
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of closed-loop load per session")
     # token part
-    ap.add_argument("--only", default="attacks,honest,cost,collusion", help="token: which of a,b,c,d to run")
+    ap.add_argument(
+        "--only",
+        default="attacks,honest,cost,split,collusion",
+        help="token: which parts to run (attacks, honest, cost, split, collusion)",
+    )
+    ap.add_argument("--split-tasks", type=int, default=6, help="token: answers in the in-process cost split")
+    ap.add_argument("--split-max-tokens", type=int, default=128, help="token: their max_tokens")
     ap.add_argument(
         "--attacks",
         default="swap,near_tie,runner_up,sampled,ignore_seed,truncate,garbage,other_model",
