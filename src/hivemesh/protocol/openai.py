@@ -202,3 +202,38 @@ class EmbeddingRequest(_Edge):
 
 def model_entry(model_id: str, **extra: Any) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "hivemesh", **extra}
+
+
+# ---------------------------------------------------------------- the client WebSocket (/api/v1/ws)
+# Client -> router messages, one JSON object per text frame. Bodies are the REST bodies (``ChatCompletionRequest``,
+# ``CompletionRequest``), validated the same way once the socket has them.
+
+WsId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class WsAuth(BaseModel):
+    """The first message, when the upgrade request carried no ``Authorization`` header."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["auth"]
+    api_key: str = Field(min_length=1, max_length=512)
+
+
+class WsSubmit(BaseModel):
+    """Run ``body`` (a chat body with ``messages`` or a completion body with ``prompt``) as the task ``id``."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["submit"]
+    id: WsId  # chosen by the client; every reply about this task carries it
+    kind: Literal["chat", "completion"] | None = None  # default: chat when the body has ``messages``
+    session_id: str | None = None
+    body: dict[str, Any]
+
+
+class WsCancel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["cancel"]
+    id: WsId
+
+
+WsMessage = Annotated[WsAuth | WsSubmit | WsCancel, Field(discriminator="type")]

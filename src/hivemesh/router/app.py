@@ -18,6 +18,7 @@ from starlette.websockets import WebSocket
 
 from hivemesh.errors import HivemeshError
 from hivemesh.router.auth import Authenticator
+from hivemesh.router.client_ws import serve_client
 from hivemesh.router.openai_api import JSONResponse, OpenAIApi
 from hivemesh.router.service import RouterService
 from hivemesh.router.session_api import SessionApi
@@ -87,6 +88,9 @@ def build_app(
     async def miner_ws(ws: WebSocket) -> None:
         await service.hub.serve(ws)
 
+    async def client_ws(ws: WebSocket) -> None:
+        await serve_client(ws, auth, api.completions)
+
     async def health(request: Request) -> Response:
         return JSONResponse(
             {"status": "ok", "miners": len(service.hub.links), "router": service.identity.address}
@@ -108,6 +112,7 @@ def build_app(
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
         WebSocketRoute("/ws/miner", miner_ws),
+        WebSocketRoute("/api/v1/ws", client_ws),
         *session_api.routes(),
         *(extra_routes or []),
     ]
