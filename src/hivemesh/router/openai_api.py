@@ -135,14 +135,16 @@ class OpenAIApi:
         emb = self.service.embedder
         if emb is not None and mid in (emb.model_id, "sentence-transformers/" + emb.model_id):
             return JSONResponse(model_entry(emb.model_id, hivemesh={"kind": "embedding"}))
-        if mid not in self.service.hub.models():
+        if mid not in self.service.hub.known_models:
             raise ModelNotFound(f"The model '{mid}' does not exist", param="model")
         return JSONResponse(self._model_json(mid))
 
     def _model_json(self, mid: str) -> dict[str, Any]:
-        card = self.service.hub.models()[mid]
-        miners = len(self.service.hub.serving(mid))
-        return model_entry(mid, hivemesh={"miners": miners, "context_length": card.context_length})
+        """A served model, or one served before whose miners have not come back (``miners: 0``)."""
+        card = self.service.hub.models().get(mid)
+        miners = len(self.service.hub.serving(mid)) if card is not None else 0
+        context = card.context_length if card is not None else None
+        return model_entry(mid, hivemesh={"miners": miners, "context_length": context})
 
     # ------------------------------------------------------------------ completions
 

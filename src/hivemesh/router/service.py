@@ -71,8 +71,17 @@ class RouterService:
 
     async def start(self) -> None:
         await self.reputation.load()
+        await self._load_known_models()
         self.scheduler.start()
         self._spawn(self._recover(), "recover")
+
+    async def _load_known_models(self) -> None:
+        """Every model a miner has announced here, from the nodes' records: after a restart, a request for one
+        whose miners have not reconnected yet is a 503 with retry-after (they are coming back), not a 404."""
+        for row in await self.store.fetch_all(select(s.nodes.c.models)):
+            for card in row["models"] or []:
+                if isinstance(card, dict) and isinstance(card.get("id"), str):
+                    self.hub.known_models.add(card["id"])
 
     async def close(self) -> None:
         self.hub.shutting_down = True
