@@ -52,8 +52,15 @@ class Store:
             sync_engine = create_engine(url.replace("+aiosqlite", ""), poolclass=StaticPool)
             event.listen(sync_engine, "connect", _pragmas)
         store = cls(engine, sync_engine)
-        async with engine.begin() as conn:
-            await conn.run_sync(_migrate)
+        try:
+            if sync_engine is not None:
+                await asyncio.to_thread(_migrate_sqlite, url.replace("+aiosqlite", ""))
+            else:
+                async with engine.begin() as conn:
+                    await conn.run_sync(_migrate)
+        except BaseException:
+            await store.close()
+            raise
         store._writer = asyncio.create_task(store._write_loop(), name="store-writer")
         return store
 
@@ -193,17 +200,45 @@ def _resolve(batch: Pending, exc: BaseException | None) -> None:
 
 def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=5000")  # first: switching to WAL waits for another process's lock too
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
 
 
-def _migrate(conn: Connection) -> None:
+_PG_MIGRATION_LOCK = 0x68_6D_73_74  # "hmst": pg_advisory_xact_lock key serialising concurrent Store.open
+
+
+def _migrate_sqlite(url: str) -> list[str]:
+    """Migrate a SQLite database inside ``BEGIN IMMEDIATE``: the write lock is taken before ``_migrations`` is
+    read, so a router starting at the same moment waits (busy_timeout) and then finds the work done."""
+    engine = create_engine(url, poolclass=StaticPool, isolation_level="AUTOCOMMIT")
+    event.listen(engine, "connect", _pragmas)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                applied = _migrate(conn)
+            except BaseException:
+                conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
+            return applied
+    finally:
+        engine.dispose()
+
+
+def _migrate(conn: Connection) -> list[str]:
+    """Apply every migration not yet recorded in ``_migrations``, in order, inside the caller's transaction;
+    return those applied. The caller holds the database's write lock (SQLite) or, taken here, an advisory lock
+    (PostgreSQL), so of several routers starting at once one migrates and the others find nothing to do."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
     conn.execute(
         text("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR(200) PRIMARY KEY, applied_at FLOAT)")
     )
     done = {r[0] for r in conn.execute(text("SELECT name FROM _migrations"))}
+    applied = []
     for name, fn in s.MIGRATIONS:
         if name in done:
             continue
@@ -211,4 +246,6 @@ def _migrate(conn: Connection) -> None:
         conn.execute(
             text("INSERT INTO _migrations (name, applied_at) VALUES (:n, :t)"), {"n": name, "t": time.time()}
         )
+        applied.append(name)
         log.info("migration applied name=%s", name)
+    return applied
