@@ -22,7 +22,7 @@ class SessionDefaults:
 
     redundancy: int = 3  # k: generators per task in exact/semantic mode (token mode: always 1)
     quorum: int = 2  # m: how many must agree for a verified answer (exact/semantic)
-    mode: Mode = "token"  # validation: token-level evidence (default), exact digest, embedding similarity, or none
+    mode: Mode = "token"  # validation: token evidence (default), exact digest, embedding similarity, or none
     verifiers: int = 1  # v: token mode's verifiers per answer (a rejection is rechecked by 2 more)
     threshold: float = 0.85  # cosine similarity that counts as agreement in semantic mode
     ack_timeout_s: float = 5.0  # a miner must ack an assignment within this
