@@ -20,6 +20,7 @@ from hivemesh.errors import HivemeshError
 from hivemesh.router.auth import Authenticator
 from hivemesh.router.client_ws import serve_client
 from hivemesh.router.openai_api import JSONResponse, OpenAIApi
+from hivemesh.router.openapi import document
 from hivemesh.router.service import RouterService
 from hivemesh.router.session_api import SessionApi
 
@@ -91,6 +92,11 @@ def build_app(
     async def client_ws(ws: WebSocket) -> None:
         await serve_client(ws, auth, api.completions)
 
+    spec = document()
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(spec)
+
     async def health(request: Request) -> Response:
         return JSONResponse(
             {"status": "ok", "miners": len(service.hub.links), "router": service.identity.address}
@@ -111,6 +117,7 @@ def build_app(
         Route("/v1/models/{model:path}", api.get_model, methods=["GET"]),
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         WebSocketRoute("/ws/miner", miner_ws),
         WebSocketRoute("/api/v1/ws", client_ws),
         *session_api.routes(),

@@ -23,6 +23,7 @@ from hivemesh.router.sessions import to_json
 from hivemesh.store import schema as s
 
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 0.05, 3600.0
+MAX_KEY_LIFETIME_S = 100 * 365 * 86400.0  # an API key's expires_in_s: beyond it, a datetime overflows
 
 
 class CreateSession(BaseModel):
@@ -80,7 +81,7 @@ class CreateKey(BaseModel):
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     budget: ExactAmount | None = None  # spending cap of the key, in 10**-18 COR (402 budget_exceeded past it)
-    expires_in_s: float | None = Field(default=None, gt=0)
+    expires_in_s: float | None = Field(default=None, gt=0, le=MAX_KEY_LIFETIME_S, allow_inf_nan=False)
 
 
 class SubmitPrompt(BaseModel):
