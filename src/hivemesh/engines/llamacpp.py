@@ -1,23 +1,42 @@
 """The embedded engine: a GGUF model run in-process with llama-cpp-python (CPU by default).
 
-Generation is driven token by token (``Llama.generate``) in a worker thread so that usage is exact, stop
-sequences never leak into the stream, multi-byte characters are never split, and a cancelled request stops the
-model at the next token. ``temperature=0`` is greedy; otherwise the sampler is seeded with the request's seed, so
-the same request on the same model gives the same text on every miner.
+Generation is driven token by token in a worker thread with the replayable sampler of ``core.sampling`` (Gumbel-max
+keyed by the request's seed and the position; ``temperature=0`` is greedy): the prompt is evaluated (reusing the
+KV-cache prefix of the previous request), then each step reads the last logits row, picks a token and evaluates
+it. Usage is exact, stop sequences never leak into the stream, multi-byte characters are never split, and a
+cancelled request stops the model at the next token. ``Finished.tokens`` carries the generated ids (with the
+end-of-generation token when the model stopped itself; up to the token that completed a stop string otherwise).
+
+``verify`` checks a claimed answer with one teacher-forced forward pass over prompt + claimed tokens, asking
+llama.cpp for logits only on the rows that predict a claimed token and checking each row in place (no copy of the
+49k-float rows), then replays the generator's text rules (see ``_Text`` and ``_text_ok``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import importlib.resources
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from hivemesh.engines.base import Event, Finished, GenerationRequest, Piece, Progress
+import numpy as np
+import numpy.typing as npt
+
+from hivemesh.core.sampling import History, Sampler, TokenCheck
+from hivemesh.engines.base import (
+    Event,
+    Finished,
+    GenerationRequest,
+    Piece,
+    Progress,
+    TokenChecks,
+    VerifyRequest,
+)
 from hivemesh.errors import ContextTooLong, ServiceUnavailable
 from hivemesh.protocol.wire import ModelCard, Usage
 
@@ -44,6 +63,24 @@ class _Cancelled(Exception):
     pass
 
 
+class _Text:
+    """The text of a generation so far, fed one token's bytes at a time: an incomplete UTF-8 sequence at the end
+    is held back (and dropped if generation ends there), invalid bytes become U+FFFD. Generator and verifier
+    build the text with this one rule, so a claimed answer's text is a function of its tokens."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""
+
+    def feed(self, piece: bytes) -> str:
+        self.text += self._decoder.decode(piece)
+        return self.text
+
+
+def _find_stop(text: str, stops: Sequence[str]) -> int:
+    return min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+
+
 class LlamaCppEngine:
     name = "llama.cpp"
     capacity = 1  # one llama context generates one sequence at a time
@@ -65,7 +102,9 @@ class LlamaCppEngine:
         self._lock = asyncio.Lock()
 
     def models(self) -> list[ModelCard]:
-        return [ModelCard(id=self.model_id, engine=self.name, context_length=self.n_ctx)]
+        return [
+            ModelCard(id=self.model_id, engine=self.name, context_length=self.n_ctx, verify=True, tokens=True)
+        ]
 
     async def start(self, progress: Progress | None = None) -> None:
         if progress:
@@ -79,7 +118,13 @@ class LlamaCppEngine:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         path = self.model_path or default_model_path()
-        llm = Llama(model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False)
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,  # llama-cpp-python's default is every core, whatever n_threads says
+            verbose=False,
+        )
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise ServiceUnavailable(f"{path.name} has no chat template")
@@ -94,6 +139,8 @@ class LlamaCppEngine:
         if llm is not None:
             await asyncio.to_thread(llm.close)
 
+    # ------------------------------------------------------------ shared by generation and verification
+
     def _prompt_tokens(self, request: GenerationRequest) -> tuple[list[int], tuple[str, ...]]:
         llm = self._llm
         if request.kind == "chat":
@@ -102,6 +149,36 @@ class LlamaCppEngine:
             tokens = llm.tokenize(res.prompt.encode(), add_bos=not res.added_special, special=True)
             return tokens, tuple(s for s in extra_stop if s)
         return llm.tokenize(request.prompt.encode(), add_bos=True, special=False), ()
+
+    def _is_eog(self, token: int) -> bool:
+        from llama_cpp import llama_cpp as C
+
+        return bool(C.llama_vocab_is_eog(self._llm._model.vocab, token))
+
+    def _piece(self, token: int) -> bytes:
+        piece: bytes = self._llm.detokenize([token])
+        return piece
+
+    def _reuse_prefix(self, tokens: Sequence[int]) -> int:
+        """Keep the KV cache of the longest common prefix with what was evaluated last (at least one token is
+        left to evaluate, so fresh logits come out); returns how many tokens are kept."""
+        llm = self._llm
+        n = max(0, min(llm.n_tokens, len(tokens) - 1))
+        cached = llm.input_ids[:n]
+        diff = np.flatnonzero(cached != np.asarray(tokens[:n], dtype=cached.dtype))
+        keep = int(diff[0]) if diff.size else n
+        if keep <= 0 or not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            llm.reset()
+            return 0
+        llm.n_tokens = keep
+        return keep
+
+    def _last_logits(self) -> npt.NDArray[np.float32]:
+        llm = self._llm
+        ptr = llm._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
+
+    # ------------------------------------------------------------ generation
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         if self._llm is None:
@@ -136,8 +213,6 @@ class LlamaCppEngine:
             emit(exc)
 
     def _generate_sync(self, request: GenerationRequest, emit: Any, stop_flag: threading.Event) -> None:
-        from llama_cpp import llama_cpp as C
-
         llm = self._llm
         p = request.params
         prompt, template_stops = self._prompt_tokens(request)
@@ -149,47 +224,126 @@ class LlamaCppEngine:
         max_tokens = min(p.max_tokens, self.n_ctx - len(prompt))
         stops = tuple(s for s in (*p.stop, *template_stops) if s)
         hold = max((len(s) for s in stops), default=1) - 1
-        llm.set_seed(p.seed & 0xFFFFFFFF)
+        sampler, history = Sampler.of(p), History()
+        keep = self._reuse_prefix(prompt)
+        llm.eval(prompt[keep:])
         out: list[int] = []
-        raw = b""
+        eog: list[int] = []
+        text = _Text()
         emitted = 0  # characters of decoded text already sent
-        finish: str = "length"
-        text = ""
-        for tok in llm.generate(
-            prompt,
-            temp=p.temperature,
-            top_p=p.top_p,
-            top_k=40,
-            min_p=0.05,
-            repeat_penalty=1.0,
-            presence_penalty=p.presence_penalty,
-            frequency_penalty=p.frequency_penalty,
-        ):
+        finish: Literal["stop", "length"] = "length"
+        while True:
             if stop_flag.is_set():
                 raise _Cancelled
-            if C.llama_vocab_is_eog(llm._model.vocab, tok):
+            tok = history.pick(self._last_logits(), sampler)
+            if self._is_eog(tok):
+                eog.append(tok)
                 finish = "stop"
                 break
             out.append(tok)
-            raw += llm.detokenize([tok], prev_tokens=prompt + out[:-1])
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                if len(out) >= max_tokens:
-                    text = raw.decode("utf-8", errors="ignore")
-                    break
-                continue  # a multi-byte character is not complete yet
-            cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+            current = text.feed(self._piece(tok))
+            cut = _find_stop(current, stops)
             if cut >= 0:
-                text = text[:cut]
+                text.text = current[:cut]
                 finish = "stop"
                 break
-            safe = len(text) - hold
+            safe = len(current) - hold
             if safe > emitted:
-                emit(Piece(text[emitted:safe]))
+                emit(Piece(current[emitted:safe]))
                 emitted = safe
             if len(out) >= max_tokens:
                 break
-        if len(text) > emitted:
-            emit(Piece(text[emitted:]))
-        emit(Finished(finish, Usage(prompt_tokens=len(prompt), completion_tokens=len(out))))  # type: ignore[arg-type]
+            llm.eval([tok])
+        if len(text.text) > emitted:
+            emit(Piece(text.text[emitted:]))
+        usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(out))
+        emit(Finished(finish, usage, tokens=(*out, *eog)))
+
+    # ------------------------------------------------------------ verification
+
+    async def verify(self, request: VerifyRequest) -> TokenChecks:
+        if self._llm is None:
+            raise ServiceUnavailable("engine not started")
+        async with self._lock:
+            return await asyncio.to_thread(self._verify_sync, request)
+
+    def _verify_sync(self, req: VerifyRequest) -> TokenChecks:
+        llm = self._llm
+        prompt, template_stops = self._prompt_tokens(req.request)
+        claimed = list(req.tokens)
+        n_vocab = int(llm.n_vocab())
+
+        def empty(problem: str) -> TokenChecks:
+            return TokenChecks((), (), (), (), False, len(prompt), self.n_ctx, problem)
+
+        if any(not 0 <= t < n_vocab for t in claimed):
+            return empty("bad_token")
+        if len(prompt) + len(claimed) > self.n_ctx or len(prompt) >= self.n_ctx:
+            return empty("context")
+        stops = tuple(s for s in (*req.request.params.stop, *template_stops) if s)
+        text_ok = self._text_ok(claimed, req.output, req.finish_reason, stops)
+        checks = self._teacher_forced(prompt, claimed, Sampler.of(req.request.params)) if claimed else []
+        return TokenChecks(
+            picks=tuple(c.pick for c in checks),
+            margins=tuple(c.margin for c in checks),
+            ranks=tuple(c.rank for c in checks),
+            logprobs=tuple(c.logprob for c in checks),
+            text_ok=text_ok,
+            prompt_tokens=len(prompt),
+            context_length=self.n_ctx,
+        )
+
+    def _text_ok(self, claimed: list[int], output: str, finish: str, stops: tuple[str, ...]) -> bool:
+        """Replay the generator's text rules on the claimed tokens: the text must be the revealed output and the
+        generation must have ended exactly where and why the claim says."""
+        if not claimed:
+            return False  # a generation always emits at least one token
+        ended_by_eog = self._is_eog(claimed[-1])
+        body = claimed[:-1] if ended_by_eog else claimed
+        text = _Text()
+        for i, tok in enumerate(body):
+            if self._is_eog(tok):
+                return False  # the generator stops at the first end-of-generation token
+            current = text.feed(self._piece(tok))
+            cut = _find_stop(current, stops)
+            if cut >= 0:  # the generator would have stopped here, so this must be the last token
+                return (
+                    i == len(body) - 1 and not ended_by_eog and finish == "stop" and current[:cut] == output
+                )
+        if ended_by_eog:
+            return finish == "stop" and text.text == output
+        return finish == "length" and text.text == output
+
+    def _teacher_forced(self, prompt: list[int], claimed: list[int], sampler: Sampler) -> list[TokenCheck]:
+        """One forward pass over prompt + claimed[:-1] (the last claimed token predicts nothing), logits only on
+        the rows that predict a claimed token, each checked in place as its chunk comes out of llama.cpp."""
+        llm = self._llm
+        seq = prompt + claimed[:-1]
+        first = len(prompt) - 1  # the row that predicts claimed[0]
+        keep = self._reuse_prefix(prompt)  # at most ``first``: that row must be computed
+        batch = llm._batch.batch
+        n_vocab = int(llm.n_vocab())
+        replay = History()
+        checks: list[TokenCheck] = []
+        for start in range(keep, len(seq), llm.n_batch):
+            chunk = seq[start : start + llm.n_batch]
+            batch.n_tokens = len(chunk)
+            outputs: list[int] = []
+            for j, tok in enumerate(chunk):
+                pos = start + j
+                batch.token[j] = tok
+                batch.pos[j] = pos
+                batch.seq_id[j][0] = 0
+                batch.n_seq_id[j] = 1
+                wanted = pos >= first
+                batch.logits[j] = wanted
+                if wanted:
+                    outputs.append(j)
+            llm._ctx.decode(llm._batch)
+            llm.input_ids[start : start + len(chunk)] = chunk
+            llm.n_tokens = start + len(chunk)
+            for j in outputs:
+                i = start + j - first  # the claimed token this row predicts
+                row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(j), shape=(n_vocab,))
+                checks.append(replay.check(row, claimed[i], sampler))
+        return checks
