@@ -7,8 +7,13 @@ submissions and balances. The OpenAI surface (``/v1``) is for the official ``ope
         session = hm.create_session(name="research", redundancy=3, quorum=2, mode="exact")
         done = hm.submit(session.id, messages=[{"role": "user", "content": "Hi"}], max_tokens=32)
         record = hm.task(session.id, done.task_id)   # PoUW history, each miner's precommit and reveal
+        for part in hm.stream(session.id, prompt="Once upon"):   # Delta pieces, then the Completion
+            print(part.text if isinstance(part, Delta) else part.verdict)
+
+``AsyncClient`` has the same methods as coroutines (``stream`` as an async iterator).
 """
 
-from hivemesh.client.sessions import Account, Client, Completion, Session, Task
+from hivemesh.client.aio import AsyncClient
+from hivemesh.client.sessions import Account, Client, Completion, Delta, Session, Task
 
-__all__ = ["Account", "Client", "Completion", "Session", "Task"]
+__all__ = ["Account", "AsyncClient", "Client", "Completion", "Delta", "Session", "Task"]

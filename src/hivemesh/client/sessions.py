@@ -7,6 +7,8 @@ fields added later). An error answer raises the matching ``hivemesh.errors`` cla
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -120,6 +122,13 @@ class Completion:
 
 
 @dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of a streamed answer, as the miner wrote it."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Account:
     """Amounts in the smallest unit (10**-18 COR)."""
 
@@ -128,6 +137,16 @@ class Account:
     staked: int
     earned: int
     raw: dict[str, Any]
+
+    @classmethod
+    def of(cls, j: dict[str, Any]) -> Account:
+        return cls(
+            address=j["address"],
+            balance=int(j["balance"]),
+            staked=int(j["staked"]),
+            earned=int(j["earned"]),
+            raw=j,
+        )
 
 
 SessionMode = Literal["token", "exact", "semantic", "none"]
@@ -186,16 +205,7 @@ class Client:
         metadata: dict[str, Any] | None = None,
         **settings: Any,  # threshold, ack_timeout_s, precommit_timeout_s, commit_timeout_s, ...
     ) -> Session:
-        given = {
-            "model": model,
-            "redundancy": redundancy,
-            "quorum": quorum,
-            "mode": mode,
-            "max_tokens": max_tokens,
-            "sla": sla,
-            **settings,
-        }
-        body = {"name": name, "metadata": metadata or {}} | {k: v for k, v in given.items() if v is not None}
+        body = session_body(name, model, redundancy, quorum, mode, max_tokens, sla, metadata, settings)
         return Session.of(self._call("POST", "/sessions", json=body))
 
     def sessions(self) -> list[Session]:
@@ -227,30 +237,31 @@ class Client:
     ) -> Completion:
         """Run a prompt or chat messages in the session; with ``wait=False``, return at once with the task id
         (then poll ``task``)."""
-        given = {
-            "prompt": prompt,
-            "messages": messages,
-            "model": model,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "seed": seed,
-        }
-        body = {k: v for k, v in given.items() if v is not None} | {"wait": wait}
-        j = self._call("POST", f"/completions/{session_id}", json=body)
-        if not wait:
-            return Completion(j["id"], session_id, None, None, None, {}, j)
-        choice = j["choices"][0]
-        text = choice["message"]["content"] if "message" in choice else choice["text"]
-        block = j.get("hivemesh") or {}
-        return Completion(
-            block.get("task_id", ""),
-            session_id,
-            text,
-            choice["finish_reason"],
-            block.get("verdict"),
-            block,
-            j,
-        )
+        body = submit_body(prompt, messages, model, max_tokens, temperature, seed) | {"wait": wait}
+        return completion_of(self._call("POST", f"/completions/{session_id}", json=body), session_id)
+
+    def stream(
+        self,
+        session_id: str,
+        *,
+        prompt: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> Iterator[Delta | Completion]:
+        """Stream a submission: ``Delta`` pieces of text as the miner writes them, then the ``Completion`` with
+        its verdict (the verification block)."""
+        body = submit_body(prompt, messages, model, max_tokens, temperature, seed) | {"stream": True}
+        reader = StreamReader(session_id)
+        with self._http.stream("POST", f"/completions/{session_id}", json=body) as r:
+            if r.status_code >= 400:
+                r.read()
+                _raise_for(r)
+            for line in r.iter_lines():
+                yield from reader.feed(line)
+        yield reader.end()
 
     def tasks(self, session_id: str, *, limit: int = 100) -> list[Task]:
         return [
@@ -264,11 +275,102 @@ class Client:
     # ---------------------------------------------------------------- money
 
     def balance(self, address: str) -> Account:
-        j = self._call("GET", f"/accounts/{address}")
-        return Account(
-            address=j["address"],
-            balance=int(j["balance"]),
-            staked=int(j["staked"]),
-            earned=int(j["earned"]),
-            raw=j,
+        return Account.of(self._call("GET", f"/accounts/{address}"))
+
+
+def session_body(
+    name: str,
+    model: str | None,
+    redundancy: int | None,
+    quorum: int | None,
+    mode: str | None,
+    max_tokens: int | None,
+    sla: str | None,
+    metadata: dict[str, Any] | None,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    given = {
+        "model": model,
+        "redundancy": redundancy,
+        "quorum": quorum,
+        "mode": mode,
+        "max_tokens": max_tokens,
+        "sla": sla,
+        **settings,
+    }
+    return {"name": name, "metadata": metadata or {}} | {k: v for k, v in given.items() if v is not None}
+
+
+def submit_body(
+    prompt: str | None,
+    messages: list[dict[str, Any]] | None,
+    model: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    seed: int | None,
+) -> dict[str, Any]:
+    given = {
+        "prompt": prompt,
+        "messages": messages,
+        "model": model,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "seed": seed,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def completion_of(j: dict[str, Any], session_id: str) -> Completion:
+    if "choices" not in j:  # wait=False: the task is queued
+        return Completion(j["id"], session_id, None, None, None, {}, j)
+    choice = j["choices"][0]
+    text = choice["message"]["content"] if "message" in choice else choice["text"]
+    block = j.get("hivemesh") or {}
+    return Completion(
+        block.get("task_id", ""), session_id, text, choice["finish_reason"], block.get("verdict"), block, j
+    )
+
+
+class StreamReader:
+    """Turns the Session API's server-sent events into ``Delta`` pieces and, at the end, the ``Completion``
+    (text, finish reason, usage and the verification block, which ride on the last chunks)."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.parts: list[str] = []
+        self.finish: str | None = None
+        self.block: dict[str, Any] = {}
+        self.last: dict[str, Any] = {}
+
+    def feed(self, line: str) -> list[Delta]:
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            return []
+        j = json.loads(line[6:])
+        if "error" in j:
+            err = j["error"]
+            cls = _BY_CODE.get(err.get("code") or "") or errors.HivemeshError
+            raise cls(str(err.get("message")), param=err.get("param"), code=err.get("code"))
+        self.last = j
+        self.block = j.get("hivemesh") or self.block
+        out: list[Delta] = []
+        for choice in j.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+            if text:
+                self.parts.append(text)
+                out.append(Delta(text))
+            self.finish = choice.get("finish_reason") or self.finish
+        return out
+
+    def end(self) -> Completion:
+        if not self.block:
+            raise errors.HivemeshError("the stream ended without its verification block")
+        text = "".join(self.parts)
+        return Completion(
+            self.block.get("task_id", ""),
+            self.session_id,
+            text,
+            self.finish,
+            self.block.get("verdict"),
+            self.block,
+            self.last,
         )
