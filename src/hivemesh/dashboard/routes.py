@@ -48,6 +48,7 @@ class Dashboard:
     def __init__(self, source: DashboardSource, activity: Activity) -> None:
         self.source = source
         self.activity = activity
+        self.cells = views.HourCells()
         self.shell = resources.files("hivemesh.dashboard").joinpath("static/page.html").read_text("utf-8")
 
     def page(self, name: str, title: str) -> Handler:
@@ -67,7 +68,10 @@ class Dashboard:
         return _json(await views.overview(self.source, self.activity))
 
     async def api_nodes(self, request: Request) -> Response:
-        return _json(await views.nodes(self.source, _int_param(request, "hours", 24, 1, 168)))
+        hours = _int_param(request, "hours", 24, 1, 168)
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        cursor = request.query_params.get("cursor") or None
+        return _json(await views.nodes(self.source, hours, limit, cursor, self.cells))
 
     async def api_node(self, request: Request) -> Response:
         address = request.path_params["address"]

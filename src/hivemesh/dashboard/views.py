@@ -6,13 +6,19 @@ outputs) or who owns a session: tasks show their PoUW record, verdict, miners an
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
 import time
 from typing import Any
 
+import orjson
 from sqlalchemy import func, select
 
+from hivemesh.core.reputation import Counters, scores
 from hivemesh.dashboard.activity import Activity
 from hivemesh.dashboard.source import DashboardSource, LinkView, Row
+from hivemesh.errors import InvalidRequest
 from hivemesh.store import schema as s
 
 HOUR = 3600
@@ -62,31 +68,90 @@ def _link_json(ln: LinkView) -> dict[str, Any]:
     }
 
 
+class HourCells:
+    """Hourly cells already scored, per (node, hour): a past hour's counters never change, and the current
+    hour's are a new object after each update, so a cell is reused while its ``Counters`` is the same object."""
+
+    def __init__(self, max_cells: int = 300_000) -> None:
+        self.max_cells = max_cells
+        self._cells: dict[tuple[str, int], tuple[Counters, dict[str, Any]]] = {}
+
+    def of(self, src: DashboardSource, node: str, since: int) -> list[dict[str, Any]]:
+        """The node's hourly totals since ``since`` (what ``Reputation.heatmap`` gives, for one node)."""
+        if len(self._cells) > self.max_cells:
+            self._cells.clear()
+        out = []
+        for b, c in sorted(src.reputation.buckets.get(node, {}).items()):
+            if b < since:
+                continue
+            hit = self._cells.get((node, b))
+            if hit is None or hit[0] is not c:
+                hit = self._cells[(node, b)] = (
+                    c,
+                    {"hour": b, "total": round(scores(c).total, 4), "assigned": c.assigned},
+                )
+            out.append(hit[1])
+        return out
+
+
 def _node_row(src: DashboardSource, node: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
-    rep = src.reputation.report(node)
+    """One row of the rank table, from the reputation's cached scores (no window sums but ``assigned``)."""
+    rep = src.reputation
     link = src.hub.links.get(node)
+    sc = rep.scores(node)
+    lv = rep.levels.get(node)
+    since = int((time.time() - rep.window_s) // HOUR) * HOUR
     return {
         "node": node,
         "online": link is not None,
-        "quarantined": rep["quarantined"],
-        "level": rep["level"],
-        "streak": rep["streak"],
-        "assigned": rep["counters"]["assigned"],
-        "scores": {k: round(rep["scores"][k], 4) for k in SCORE_KEYS},
+        "quarantined": rep.is_quarantined(node),
+        "level": lv.level if lv else 0,
+        "streak": lv.streak if lv else 0,
+        "assigned": sum(c.assigned for b, c in rep.buckets.get(node, {}).items() if b >= since),
+        "scores": {k: round(getattr(sc, k), 4) for k in SCORE_KEYS},
         "hours": cells,
         "models": sorted(link.models) if link else [],
     }
 
 
-async def nodes(src: DashboardSource, hours: int = 24) -> dict[str, Any]:
-    """The heatmap rank table: every node online or seen in the last ``hours``, each with its hourly totals."""
+def encode_cursor(total: float, node: str) -> str:
+    """An opaque cursor: the sort key of the last row of a page."""
+    return base64.urlsafe_b64encode(orjson.dumps([total, node])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        total, node = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(total, bool) or not isinstance(total, int | float) or not isinstance(node, str):
+            raise TypeError
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidRequest("cursor is not one this API gave out", param="cursor") from None
+    return float(total), node
+
+
+async def nodes(
+    src: DashboardSource,
+    hours: int = 24,
+    limit: int = 100,
+    cursor: str | None = None,
+    cells: HourCells | None = None,
+) -> dict[str, Any]:
+    """The heatmap rank table, one page: nodes online, seen or scored in the last ``hours``, best total score
+    first (ties by address), each with its hourly totals. ``next_cursor`` continues after the page's last row.
+
+    Only the sort needs every node (one cached score each); reports and hourly cells are built for the page."""
     axis = _hour_axis(hours)
-    heat = src.reputation.heatmap(hours)
-    seen = await src.store.fetch_all(select(s.nodes.c.address).where(s.nodes.c.last_seen >= axis[0]))
-    names = set(heat) | set(src.hub.links) | {r["address"] for r in seen}
-    rows = [_node_row(src, n, heat.get(n, [])) for n in names]
-    rows.sort(key=lambda r: (-r["scores"]["total"], r["node"]))
     rep = src.reputation
+    cells = cells or HourCells()
+    seen = await src.store.fetch_scalars(select(s.nodes.c.address).where(s.nodes.c.last_seen >= axis[0]))
+    names = set(rep.buckets) | set(src.hub.links) | set(seen)
+    total = rep.total
+    keyed = sorted([(-total(n), n) for n in names])
+    if cursor is not None:
+        after, node = decode_cursor(cursor)
+        keyed = keyed[bisect.bisect_right(keyed, (-after, node)) :]
+    page = keyed[:limit]
+    more = len(keyed) > limit
     return {
         "hours": axis,
         "floors": {
@@ -95,7 +160,9 @@ async def nodes(src: DashboardSource, hours: int = 24) -> dict[str, Any]:
             "min_samples": rep.floors.min_samples,
         },
         "window_s": rep.window_s,
-        "data": rows,
+        "count": len(names),
+        "data": [_node_row(src, n, cells.of(src, n, axis[0])) for _, n in page],
+        "next_cursor": encode_cursor(-page[-1][0], page[-1][1]) if more and page else None,
     }
 
 

@@ -134,6 +134,11 @@ class Store:
             res = await conn.execute(stmt)
             return [dict(r._mapping) for r in res]
 
+    async def fetch_scalars(self, stmt: Executable) -> list[Any]:
+        """The first column of every row (no dict per row: for long lists of ids)."""
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(stmt)).scalars().all())
+
     async def fetch_one(self, stmt: Executable) -> Row | None:
         rows = await self.fetch_all(stmt)
         return rows[0] if rows else None

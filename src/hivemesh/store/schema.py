@@ -63,7 +63,8 @@ tasks = Table(
     Column("request", JSON, nullable=False),  # the wire request: messages/prompt, params, stream
     Column("phase", String(16), nullable=False),
     Column("seed", BigInteger, nullable=False),
-    Column("candidates", JSON, nullable=False, default=list),  # the shuffle order, for audit and replay
+    Column("candidates", JSON, nullable=False, default=list),  # the shuffle's nodes the task read, in order
+    Column("draw", JSON, nullable=True),  # 005: core.pool_index.DrawAudit (seed, eligible count, set digest)
     Column("verdict", String(16), nullable=True),
     Column("answer", Text, nullable=True),
     Column("finish_reason", String(16), nullable=True),
@@ -76,6 +77,7 @@ tasks = Table(
     Column("finished_at", Float, nullable=True),
     Index("ix_tasks_session_created", "session_id", "created_at"),
     Index("ix_tasks_phase", "phase"),
+    Index("ix_tasks_created", "created_at"),  # 005
 )
 
 task_events = Table(
@@ -123,6 +125,7 @@ nodes = Table(
     Column("pool", Integer, nullable=False, default=0),
     Column("hardware", JSON, nullable=False, default=dict),
     Column("version", String(64), nullable=False, default=""),
+    Index("ix_nodes_last_seen", "last_seen"),  # 005
 )
 
 node_events = Table(
@@ -192,9 +195,19 @@ def _m004_token_verification(conn: Connection) -> None:
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
 
 
+def _m005_views_and_draws(conn: Connection) -> None:
+    # Indexes for the paginated views (nodes seen since, latest tasks) and the draw's audit record. As in 004, a
+    # new database has them from 001 already.
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_nodes_last_seen ON nodes (last_seen)"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_tasks_created ON tasks (created_at)"))
+    if "draw" not in {c["name"] for c in inspect(conn).get_columns("tasks")}:
+        conn.execute(text("ALTER TABLE tasks ADD COLUMN draw JSON"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_reputation", _m002_reputation),
     ("003_leases", _m003_leases),
     ("004_token_verification", _m004_token_verification),
+    ("005_views_and_draws", _m005_views_and_draws),
 ]
