@@ -15,6 +15,7 @@ fixed names or a fixed prefix::
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
@@ -51,8 +52,14 @@ class EntryKind(StrEnum):
     REWARD = "reward"
 
 
+_CHECKSUMMED: OrderedDict[str, str] = OrderedDict()  # recent addresses -> checksum form (keccak costs ~20 µs)
+_CHECKSUMMED_MAX = 4096
+
+
 def address(value: str) -> str:
     """A user or node address in checksum form; a mixed-case address must already carry a valid checksum."""
+    if isinstance(value, str) and (known := _CHECKSUMMED.get(value)) is not None:
+        return known
     if not isinstance(value, str) or not _ADDRESS.fullmatch(value):
         raise LedgerError(
             f"{value!r} is not an account address (0x followed by 40 hex digits)", param="account"
@@ -60,7 +67,11 @@ def address(value: str) -> str:
     body = value[2:]
     if body != body.lower() and body != body.upper() and not is_checksum_address(value):
         raise LedgerError(f"{value!r} has an invalid checksum", param="account")
-    return str(to_checksum_address(value))
+    checksummed = str(to_checksum_address(value))
+    _CHECKSUMMED[value] = checksummed
+    if len(_CHECKSUMMED) > _CHECKSUMMED_MAX:
+        _CHECKSUMMED.popitem(last=False)
+    return checksummed
 
 
 def ref(value: str, what: str) -> str:

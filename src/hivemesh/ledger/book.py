@@ -27,7 +27,7 @@ from hivemesh.errors import InsufficientFunds, LedgerError, LedgerIntegrityError
 from hivemesh.ledger.accounts import COR, WORLD, EntryKind
 from hivemesh.ledger.chain import EntryRecord, entry_hash, shard_of
 from hivemesh.ledger.db import Database
-from hivemesh.ledger.schema import Amount, accounts, chain_heads, entries, postings
+from hivemesh.ledger.schema import accounts, chain_heads
 
 
 def cor(amount: int) -> str:
@@ -44,19 +44,20 @@ _LOCK_ACCOUNTS = (
     .order_by(accounts.c.address)
     .with_for_update()
 )
-_UPDATE_ACCOUNT = (
-    update(accounts)
-    .where(accounts.c.address == bindparam("_a"))
-    .values(balance=bindparam("_b", type_=Amount()), earned=bindparam("_e", type_=Amount()))
+# the bulk writes, as driver SQL (see ``Database.driver_sql``)
+_UPDATE_ACCOUNTS = "UPDATE accounts SET balance = ?, earned = ? WHERE address = ?"
+_INSERT_ENTRIES = (
+    "INSERT INTO entries (shard, seq, ts_us, kind, reason, session_id, task_id, node, epoch, prev_hash, hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_ENTRY_IDS = "SELECT seq, id FROM entries WHERE shard = ? AND seq >= ? AND seq <= ?"
+_INSERT_POSTINGS = "INSERT INTO postings (entry_id, account, delta) VALUES (?, ?, ?)"
 _LOCK_HEADS = (
     select(chain_heads.c.shard, chain_heads.c.seq, chain_heads.c.hash)
     .where(chain_heads.c.shard.in_(bindparam("shards", expanding=True)))
     .order_by(chain_heads.c.shard)
     .with_for_update()
 )
-_INSERT_ENTRIES = entries.insert().returning(entries.c.id, sort_by_parameter_order=True)
-_INSERT_POSTINGS = postings.insert()
 _UPDATE_HEAD = (
     update(chain_heads)
     .where(chain_heads.c.shard == bindparam("_s"))
@@ -98,8 +99,9 @@ class Book:
     _locked: bool = False
     _posted: bool = False
 
-    async def lock(self, names: Iterable[str]) -> dict[str, int]:
-        """Create (at zero) and row-lock these accounts, in sorted order; return their balances."""
+    async def lock(self, names: Iterable[str], *, create: bool = True) -> dict[str, int]:
+        """Row-lock these accounts, in sorted order, creating the missing ones at zero (unless ``create`` is
+        False: then ``create`` them later, before posting); return their balances."""
         if self._locked:
             raise LedgerIntegrityError("internal: accounts must be locked once per transaction, all together")
         self._locked = True
@@ -108,20 +110,26 @@ class Book:
         for r in rows:
             self.balances[r.address] = r.balance
             self.earned[r.address] = r.earned
-        missing = [a for a in wanted if a not in self.balances]
-        if missing:
-            created = await self.conn.execute(
-                self.db.insert_ignore(accounts, accounts.c.address),
-                [{"address": a, "balance": 0, "earned": 0} for a in missing],
-            )
-            fresh = set(created.scalars())
-            if fresh != set(missing):
-                # Another transaction created one of them since our SELECT. Locking it now would break the
-                # lock order; start over instead, when it exists and sorts into place.
-                raise RetryTransaction(f"accounts created concurrently: {sorted(set(missing) - fresh)}")
-            for a in missing:
-                self.balances[a] = self.earned[a] = 0
+        if create:
+            await self.create(wanted)
         return self.balances
+
+    async def create(self, names: Iterable[str]) -> None:
+        """Create (at zero) those of these accounts that ``lock`` did not find; they are locked as created."""
+        missing = sorted(set(names) - set(self.balances))
+        if not missing:
+            return
+        created = await self.conn.execute(
+            self.db.insert_ignore(accounts, accounts.c.address),
+            [{"address": a, "balance": 0, "earned": 0} for a in missing],
+        )
+        fresh = set(created.scalars())
+        if fresh != set(missing):
+            # Another transaction created one of them since our SELECT. Locking it now would break the
+            # lock order; start over instead, when it exists and sorts into place.
+            raise RetryTransaction(f"accounts created concurrently: {sorted(set(missing) - fresh)}")
+        for a in missing:
+            self.balances[a] = self.earned[a] = 0
 
     async def move(self, spec: EntrySpec) -> int:
         """Lock the accounts of one entry and post it: the whole of a simple transfer."""
@@ -151,13 +159,14 @@ class Book:
                         f"Insufficient funds in {account}: it holds {cor(have)} ({have}) but this {spec.kind.value} "
                         f"needs {cor(-delta)} ({-delta})."
                     )
+        amount = self.db.amount
         changed = [
-            {"_a": a, "_b": new[a], "_e": earned[a]}
+            (amount(new[a]), amount(earned[a]), a)
             for a in sorted(new)
             if (new[a], earned[a]) != (self.balances[a], self.earned[a])
         ]
         if changed:
-            await self.conn.execute(_UPDATE_ACCOUNT, changed)
+            await self.conn.exec_driver_sql(self.db.driver_sql(_UPDATE_ACCOUNTS), changed)
         self.balances, self.earned = new, earned
         return await self._journal(specs)
 
@@ -183,12 +192,14 @@ class Book:
             r.shard: (r.seq, r.hash)
             for r in await self.conn.execute(_LOCK_HEADS, {"shards": sorted(set(shards))})
         }
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
         lines: list[tuple[tuple[str, int], ...]] = []
+        first: dict[int, int] = {}
         for spec, shard in zip(specs, shards, strict=True):
             if shard not in heads:
                 raise LedgerIntegrityError(f"chain head row for shard {shard} is missing")
             seq, prev = heads[shard]
+            first.setdefault(shard, seq + 1)
             record = EntryRecord(
                 shard=shard,
                 seq=seq + 1,
@@ -205,29 +216,33 @@ class Book:
             heads[shard] = (seq + 1, digest)
             lines.append(record.postings)
             rows.append(
-                {
-                    "shard": shard,
-                    "seq": seq + 1,
-                    "ts_us": self.now_us,
-                    "kind": record.kind,
-                    "reason": record.reason,
-                    "session_id": record.session_id,
-                    "task_id": record.task_id,
-                    "node": record.node,
-                    "epoch": record.epoch,
-                    "prev_hash": prev,
-                    "hash": digest,
-                }
+                (
+                    shard,
+                    seq + 1,
+                    self.now_us,
+                    record.kind,
+                    record.reason,
+                    record.session_id,
+                    record.task_id,
+                    record.node,
+                    record.epoch,
+                    prev,
+                    digest,
+                )
             )
-        result = await self.conn.execute(_INSERT_ENTRIES, rows)
-        ids = [int(i) for i in result.scalars()]
-        await self.conn.execute(
-            _INSERT_POSTINGS,
-            [
-                {"entry_id": i, "account": a, "delta": d}
-                for i, ps in zip(ids, lines, strict=True)
-                for a, d in ps
-            ],
+        # Plain executemany, then the ids by (shard, seq): this transaction holds the shards' head rows, so
+        # those seqs are its own entries (RETURNING with executemany would compile each row separately).
+        sql = self.db.driver_sql
+        await self.conn.exec_driver_sql(sql(_INSERT_ENTRIES), rows)
+        by_seq: dict[tuple[int, int], int] = {}
+        for shard, start in first.items():
+            found = await self.conn.exec_driver_sql(sql(_ENTRY_IDS), (shard, start, heads[shard][0]))
+            by_seq.update({(shard, int(seq)): int(i) for seq, i in found})
+        ids = [by_seq[(r[0], r[1])] for r in rows]
+        amount = self.db.amount
+        await self.conn.exec_driver_sql(
+            sql(_INSERT_POSTINGS),
+            [(i, a, amount(d)) for i, ps in zip(ids, lines, strict=True) for a, d in ps],
         )
         last_id = {shard: i for shard, i in zip(shards, ids, strict=True)}
         await self.conn.execute(

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, create_engine, event
@@ -41,6 +42,7 @@ class Database:
         self._writer = engine.execution_options(**{_MODE: "write"})
         self._snapshot = engine.execution_options(**{_MODE: "snapshot"})
         self._inserts: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._driver_sql: dict[str, str] = {}
         self._lock: asyncio.Lock | None = asyncio.Lock() if self.dialect == "sqlite" else None
         self._inline: Connection | None = (
             None  # SQLite: the money path's own connection (see ``transaction``)
@@ -129,7 +131,8 @@ class Database:
     async def transaction(self) -> AsyncIterator[Any]:
         """One write transaction for the money path: like ``write``; on SQLite on the inline connection.
 
-        The connection it yields has an async ``execute``; nothing else of AsyncConnection may be used."""
+        The connection it yields has an async ``execute`` and ``exec_driver_sql``; nothing else of
+        AsyncConnection may be used."""
         if self._thread is None or self._inline_engine is None:
             async with self.write() as async_conn:
                 yield async_conn
@@ -164,6 +167,23 @@ class Database:
                 await conn.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
                 yield conn
+
+    def driver_sql(self, sql: str) -> str:
+        """SQL written with ``?`` placeholders, in this dialect's driver paramstyle (``$n`` for asyncpg); for
+        ``exec_driver_sql``, which the bulk writes of the money path use: no per-row statement compilation."""
+        out = self._driver_sql.get(sql)
+        if out is None:
+            if self.dialect == "postgresql":
+                parts = sql.split("?")
+                out = parts[0] + "".join(f"${i}{p}" for i, p in enumerate(parts[1:], start=1))
+            else:
+                out = sql
+            self._driver_sql[sql] = out
+        return out
+
+    def amount(self, value: int) -> str | Decimal:
+        """An amount as the driver stores it (see ``schema.Amount``): decimal text on SQLite."""
+        return str(value) if self.dialect == "sqlite" else Decimal(value)
 
     def insert(self, table: Table) -> Any:
         """An INSERT that supports ``.on_conflict_do_nothing()`` on either dialect."""
@@ -205,6 +225,12 @@ class _InlineConnection:
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         try:
             return self._conn.execute(statement, parameters)
+        except OperationalError as e:
+            raise _busy(e) from e
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any:
+        try:
+            return self._conn.exec_driver_sql(statement, parameters)
         except OperationalError as e:
             raise _busy(e) from e
 

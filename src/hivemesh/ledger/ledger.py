@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from types import TracebackType
@@ -27,11 +27,12 @@ from sqlalchemy.exc import DBAPIError
 
 from hivemesh.errors import LedgerError
 from hivemesh.ledger import accounts as acc
-from hivemesh.ledger import audit, escrow, queries, staking
+from hivemesh.ledger import audit, escrow, holds, queries, staking
 from hivemesh.ledger.accounts import REWARD_POOL, TREASURY, WORLD, EntryKind, from_us, to_us
 from hivemesh.ledger.book import Book, EntrySpec, RetryTransaction
 from hivemesh.ledger.chain import GENESIS, VerifyReport
 from hivemesh.ledger.db import Database
+from hivemesh.ledger.group import GroupCommit
 from hivemesh.ledger.keys import KeyInfo, KeyStore
 from hivemesh.ledger.queries import EntryView
 from hivemesh.ledger.schema import accounts, chain_heads, migrate, stakes
@@ -81,6 +82,8 @@ class Ledger:
         self.unstake_cooldown = unstake_cooldown
         self._clock = clock
         self.keys = KeyStore(db, clock, key_cache_ttl)
+        # reserves, settlements and releases: group-committed (see holds.py and group.py)
+        self._holds: GroupCommit[holds.Op, holds.Result] = GroupCommit(self._apply_holds)
 
     @classmethod
     async def open(
@@ -135,6 +138,7 @@ class Ledger:
         )
 
     async def close(self) -> None:
+        await self._holds.close()
         await self._db.close()
 
     async def __aenter__(self) -> Self:
@@ -309,11 +313,10 @@ class Ledger:
         session if need be), in the same transaction. ``key_id``: the API key
         whose budget (if it has one) the hold counts against; a hold beyond it raises ``InsufficientFunds``
         with code ``budget_exceeded``. Retrying with the same task and amount changes nothing."""
-        await self._run(
-            lambda book: escrow.reserve(
-                book, session_id, task_id, amount, top_up_from=top_up_from, key_id=key_id
-            )
-        )
+        await self._holds.submit(holds.Reserve(session_id, task_id, amount, top_up_from, key_id))
+
+    async def _apply_holds(self, batch: Sequence[holds.Op]) -> list[holds.Result]:
+        return await self._run(lambda book: holds.apply(book, batch))
 
     async def held(self) -> list[HoldView]:
         """Every hold still reserved (neither settled nor released), oldest first: for crash recovery."""
@@ -322,11 +325,15 @@ class Ledger:
 
     async def settle(self, task_id: str, payouts: Mapping[str, int], treasury_fee: int = 0) -> Settlement:
         """Pay miners and the fee from the task's hold and release the rest, atomically; idempotent per task."""
-        return await self._run(lambda book: escrow.settle(book, task_id, payouts, treasury_fee))
+        result = await self._holds.submit(holds.Settle(task_id, payouts, treasury_fee))
+        assert isinstance(result, Settlement)
+        return result
 
     async def release(self, task_id: str, reason: str = "task failed") -> int:
         """Return the whole hold to the session's escrow (the task failed); return the amount."""
-        return await self._run(lambda book: escrow.release(book, task_id, reason))
+        result = await self._holds.submit(holds.Release(task_id, reason))
+        assert isinstance(result, int)
+        return result
 
     # -- audit -------------------------------------------------------------------------------------------
 

@@ -235,12 +235,12 @@ async def test_a_transaction_the_database_wants_retried_runs_again_from_the_star
     await ledger.reserve("s1", "t1", 2 * COR)
     original, calls = Book.lock, 0
 
-    async def flaky(self: Book, names: Any) -> dict[str, int]:
+    async def flaky(self: Book, names: Any, **kw: Any) -> dict[str, int]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RetryTransaction("another transaction created an account first")
-        return await original(self, names)
+        return await original(self, names, **kw)
 
     monkeypatch.setattr(Book, "lock", flaky)
     settlement = await ledger.settle("t1", {miner: COR})
