@@ -19,6 +19,7 @@ from rich.table import Table
 
 from hivemesh.config import COR, BillingConfig, RouterConfig, default_data_dir
 from hivemesh.errors import HivemeshError
+from hivemesh.identity import Identity
 from hivemesh.ledger import Ledger, StakePools, format_cor
 
 T = TypeVar("T")
@@ -175,11 +176,31 @@ def balance(
 
 
 @ledger_app.command("verify")
-def ledger_verify(data_dir: RouterDir = None, ledger_url: LedgerUrl = None) -> None:
-    """Recompute the hash chain and every balance; name the first bad entry if history was edited."""
-    report: Any = run_ledger(data_dir, ledger_url, lambda lg: lg.verify())
+def ledger_verify(
+    data_dir: RouterDir = None,
+    ledger_url: LedgerUrl = None,
+    signer: Annotated[
+        str | None,
+        typer.Option(help="Address that signs the checkpoints; default: the router's key in the data dir."),
+    ] = None,
+) -> None:
+    """Recompute the hash chain and every balance, and check them against the router's last signed checkpoint;
+    name the first bad entry if history was edited."""
+    folder = data_dir or default_data_dir() / "router"
+    key_file = folder / "router.key"
+    if signer is None and key_file.exists():
+        signer = Identity.from_key(bytes.fromhex(key_file.read_text().strip().removeprefix("0x"))).address
+
+    async def go(ledger: Ledger) -> Any:
+        return await ledger.verify(ledger.checkpoint_file(folder), signer), ledger.checkpoint_file(folder)
+
+    report, path = run_ledger(data_dir, ledger_url, go)
     if report.ok:
-        console.print(f"[green]ledger ok[/]: {report.entries_checked} entries, chains and balances verified")
+        anchored = "" if "checkpoint" in report.reason else f" (no signed checkpoint in {path} yet)"
+        console.print(
+            f"[green]ledger ok[/]: {report.entries_checked} entries, chains and balances verified{anchored}; "
+            f"{report.reason}"
+        )
         return
     typer.secho(
         f"ledger TAMPERED: first bad entry {report.first_bad_entry}: {report.reason}", fg="red", err=True

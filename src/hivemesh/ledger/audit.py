@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hivemesh.ledger.accounts import WORLD
 from hivemesh.ledger.chain import ChainWalker, EntryRecord, VerifyReport, first_problem
+from hivemesh.ledger.checkpoint import Checkpoint
 from hivemesh.ledger.schema import accounts, chain_heads, entries, postings
 
 _ENTRY_COLUMNS = (
@@ -26,19 +27,21 @@ _ENTRY_COLUMNS = (
 )
 
 
-async def verify(conn: AsyncConnection) -> VerifyReport:
-    """Checks, in order: each shard's chain (links, hashes, balanced postings, head), then every stored balance
-    against the sum of its postings. Reports the lowest-id bad entry found."""
+async def verify(conn: AsyncConnection, anchor: Checkpoint | None = None) -> VerifyReport:
+    """Checks, in order: each shard's chain (links, hashes, balanced postings, head, and the hash at the signed
+    checkpoint ``anchor``'s seq), then every stored balance against the sum of its postings. Reports the
+    lowest-id bad entry found."""
     heads = {r.shard: r for r in await conn.execute(select(chain_heads))}
     used = set((await conn.execute(select(entries.c.shard).distinct())).scalars())
+    anchored = {s: (q, h, anchor.describe()) for s, q, h in anchor.heads if q > 0} if anchor else {}
     sums: defaultdict[str, int] = defaultdict(int)
     walkers = []
-    for shard in sorted(set(heads) | used):
+    for shard in sorted(set(heads) | used | set(anchored)):
         head = heads.get(shard)
         walker = (
-            ChainWalker(shard, head.seq, head.hash, head.last_entry_id)
+            ChainWalker(shard, head.seq, head.hash, head.last_entry_id, anchored.get(shard))
             if head is not None
-            else ChainWalker(shard, -1, "(head row missing)", None)
+            else ChainWalker(shard, -1, "(head row missing)", None, anchored.get(shard))
         )
         walkers.append(walker)
         query = (
@@ -82,8 +85,12 @@ async def verify(conn: AsyncConnection) -> VerifyReport:
             )
         if have < 0 and account != WORLD:
             return VerifyReport(False, checked, None, f"balance of {account} is negative ({have})")
+    against = f", matching the signed {anchor.describe()}" if anchor is not None else ""
     return VerifyReport(
-        True, checked, None, f"ok: {checked} entries in {len(walkers)} chain(s), {len(stored)} accounts"
+        True,
+        checked,
+        None,
+        f"ok: {checked} entries in {len(walkers)} chain(s), {len(stored)} accounts{against}",
     )
 
 

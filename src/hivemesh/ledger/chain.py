@@ -85,9 +85,17 @@ class Problem:
 class ChainWalker:
     """Checks one shard's entries, fed in seq order; remembers the first problem only."""
 
-    def __init__(self, shard: int, head_seq: int, head_hash: str, head_last_entry_id: int | None) -> None:
+    def __init__(
+        self,
+        shard: int,
+        head_seq: int,
+        head_hash: str,
+        head_last_entry_id: int | None,
+        anchor: tuple[int, str, str] | None = None,
+    ) -> None:
         self.shard = shard
         self._head = (head_seq, head_hash, head_last_entry_id)
+        self._anchor = anchor  # (seq, hash, which signed checkpoint): the entry there must still hash so
         self._seq = 0
         self._hash = GENESIS
         self.checked = 0
@@ -113,6 +121,12 @@ class ChainWalker:
             self._fail(entry_id, f"{where}: needs at least two non-zero postings")
         elif sum(d for _, d in record.postings) != 0:
             self._fail(entry_id, f"{where}: postings sum to {sum(d for _, d in record.postings)}, not 0")
+        elif self._anchor is not None and record.seq == self._anchor[0] and stored_hash != self._anchor[1]:
+            self._fail(
+                entry_id,
+                f"{where}: its hash differs from the one in the signed {self._anchor[2]}: history up to "
+                "here was rewritten (every hash recomputed)",
+            )
         self._seq = record.seq
         self._hash = stored_hash
 
@@ -120,6 +134,13 @@ class ChainWalker:
         if self.problem is not None:
             return
         head_seq, head_hash, head_last = self._head
+        if self._anchor is not None and self._seq < self._anchor[0]:
+            self._fail(
+                head_last,
+                f"shard {self.shard}: the entries end at seq {self._seq} but the signed {self._anchor[2]} "
+                f"covers seq {self._anchor[0]} (entries deleted and the chain rewritten?)",
+            )
+            return
         if (self._seq, self._hash) != (head_seq, head_hash):
             self._fail(
                 head_last,

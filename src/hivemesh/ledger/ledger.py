@@ -19,23 +19,26 @@ import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
+from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import DBAPIError
 
-from hivemesh.errors import LedgerError
+from hivemesh.errors import LedgerError, LedgerIntegrityError
+from hivemesh.identity import Identity
 from hivemesh.ledger import accounts as acc
-from hivemesh.ledger import audit, escrow, holds, queries, staking
+from hivemesh.ledger import audit, checkpoint, escrow, holds, queries, staking
 from hivemesh.ledger.accounts import REWARD_POOL, TREASURY, WORLD, EntryKind, from_us, to_us
 from hivemesh.ledger.book import Book, EntrySpec, RetryTransaction
 from hivemesh.ledger.chain import GENESIS, VerifyReport
+from hivemesh.ledger.checkpoint import Checkpoint
 from hivemesh.ledger.db import Database
 from hivemesh.ledger.group import GroupCommit
 from hivemesh.ledger.keys import KeyInfo, KeyStore
 from hivemesh.ledger.queries import EntryView
-from hivemesh.ledger.schema import accounts, chain_heads, migrate, stakes
+from hivemesh.ledger.schema import accounts, chain_heads, entries, migrate, stakes
 from hivemesh.ledger.views import AccountView, HoldView, Settlement, StakePools, Unstaking
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,7 @@ class Ledger:
         self.keys = KeyStore(db, clock, key_cache_ttl)
         # reserves, settlements and releases: group-committed (see holds.py and group.py)
         self._holds: GroupCommit[holds.Op, holds.Result] = GroupCommit(self._apply_holds)
+        self._anchor: Checkpoint | None = None  # the last checkpoint this process wrote
 
     @classmethod
     async def open(
@@ -337,10 +341,64 @@ class Ledger:
 
     # -- audit -------------------------------------------------------------------------------------------
 
-    async def verify(self) -> VerifyReport:
-        """Recompute every hash chain, every entry's balance and every stored balance."""
+    async def verify(self, checkpoints: Path | None = None, signer: str | None = None) -> VerifyReport:
+        """Recompute every hash chain, every entry's balance and every stored balance; with a ``checkpoints``
+        file, also check the chains against its last signed checkpoint (signed by ``signer`` when given)."""
+        anchor = None
+        if checkpoints is not None:
+            try:
+                anchor = await asyncio.to_thread(checkpoint.last, checkpoints, signer)
+            except LedgerError as e:
+                return VerifyReport(False, 0, None, f"checkpoint file rejected: {e.message}")
         async with self._db.read(snapshot=True) as conn:
-            return await audit.verify(conn)
+            return await audit.verify(conn, anchor)
+
+    def checkpoint_file(self, fallback_dir: Path) -> Path:
+        """Where this ledger's signed checkpoints go: beside a SQLite file, else in ``fallback_dir``."""
+        url = self._db.engine.url
+        if self._db.dialect == "sqlite" and url.database:
+            return Path(url.database + ".checkpoints")
+        return fallback_dir / "ledger.checkpoints"
+
+    async def heads(self) -> tuple[tuple[int, int, str], ...]:
+        """Every chain shard's head: (shard, seq, hash)."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(chain_heads.c.shard, chain_heads.c.seq, chain_heads.c.hash).order_by(
+                    chain_heads.c.shard
+                )
+            )
+            return tuple((int(r.shard), int(r.seq), str(r.hash)) for r in rows)
+
+    async def write_checkpoint(self, identity: Identity, path: Path) -> Checkpoint | None:
+        """Sign the chain heads and append them to ``path`` (fsynced); None when they have not moved since the
+        last checkpoint. Refuses (``LedgerIntegrityError``) when the chains no longer pass through the last
+        checkpoint's heads: history it covered was rewritten, and signing now would bless that."""
+        prev = self._anchor
+        if prev is None:
+            prev = await asyncio.to_thread(checkpoint.last, path, None)
+        heads = await self.heads()
+        if prev is not None and heads == prev.heads:
+            return None
+        if prev is not None:
+            async with self._db.read(snapshot=True) as conn:
+                for shard, seq, digest in prev.heads:
+                    if seq == 0:
+                        continue
+                    found = (
+                        await conn.execute(
+                            select(entries.c.hash).where(entries.c.shard == shard, entries.c.seq == seq)
+                        )
+                    ).scalar()
+                    if found != digest:
+                        raise LedgerIntegrityError(
+                            f"shard {shard} no longer passes through the signed {prev.describe()} in {path} "
+                            f"(seq {seq}): the ledger's history was rewritten; run hivemesh ledger verify"
+                        )
+        cp = checkpoint.sign(identity, to_us(self._clock()), heads)
+        await asyncio.to_thread(checkpoint.append, path, cp)
+        self._anchor = cp
+        return cp
 
     # -- API keys (see keys.py) --------------------------------------------------------------------------
 

@@ -20,13 +20,16 @@ Owners that are not ledger accounts (the router's own static keys) are not bille
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hivemesh.config import BillingConfig, Price
 from hivemesh.errors import InsufficientFunds, LedgerError, NotFound, PaymentRequired
+from hivemesh.identity import Identity
 from hivemesh.ledger import format_cor
 from hivemesh.router.auth import current_principal
 from hivemesh.router.domain import Outcome, TaskSpec
@@ -36,6 +39,9 @@ log = logging.getLogger(__name__)
 CHEATS = frozenset({"bad_reveal", "stream_mismatch", "bad_signature", "fraud", "false_accusation"})
 VERIFY_BPS = 5_000  # token mode: a verifier's prefill is paid half of what the generator gets per token
 TEMPLATE_ALLOWANCE = 64  # tokens a chat template may add around the messages
+CHECKPOINT_INTERVAL_S = (
+    60.0  # how often the router signs the ledger's chain heads (and once more on shutdown)
+)
 
 
 def billed(owner: str) -> bool:
@@ -52,6 +58,8 @@ class Billing:
         self.ledger = ledger
         self.config = config
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._anchor: tuple[Identity, Path] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
 
     def price(self, model: str) -> Price:
         return self.config.prices.get(model, self.config.default_price)
@@ -195,9 +203,44 @@ class Billing:
         log.warning("node slashed node=%s kind=%s amount=%s task_id=%s", node, kind, amount, task_id)
         return amount
 
+    def start_checkpoints(
+        self, identity: Identity, path: Path, interval_s: float = CHECKPOINT_INTERVAL_S
+    ) -> None:
+        """Sign the ledger's chain heads every ``interval_s`` into ``path`` (see ``ledger.checkpoint``), and
+        once more in ``drain``."""
+        self._anchor = (identity, path)
+        if self._checkpoints is None:
+            self._checkpoints = asyncio.create_task(
+                self._checkpoint_loop(interval_s), name="ledger-checkpoints"
+            )
+
+    async def _checkpoint_loop(self, interval_s: float) -> None:
+        while True:
+            await self.checkpoint()
+            await asyncio.sleep(interval_s)
+
+    async def checkpoint(self) -> None:
+        if self._anchor is None:
+            return
+        identity, path = self._anchor
+        try:
+            cp = await self.ledger.write_checkpoint(identity, path)
+        except (LedgerError, OSError):
+            log.exception("ledger checkpoint not written path=%s", path)
+            return
+        if cp is not None:
+            log.debug("ledger checkpoint written path=%s heads=%s", path, cp.heads)
+
     async def drain(self) -> None:
+        """Finish the background settlements, then sign a last checkpoint."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+            self._checkpoints = None
+            await self.checkpoint()
 
 
 def _token_charge(price: int, verifiers: int) -> int:

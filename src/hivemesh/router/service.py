@@ -272,6 +272,8 @@ class RouterService:
             )
         if self.billing is not None:
             await self._settle_stranded({row["id"] for row in rows})
+            # from here on the router anchors the ledger: signed chain heads, at an interval and on shutdown
+            self.billing.start_checkpoints(self.identity, self.ledger.checkpoint_file(self.config.data_dir))
 
     async def _settle_stranded(self, running: set[str]) -> None:
         """Holds a previous process left locked: a task that ended (its settlement ran in the background and
