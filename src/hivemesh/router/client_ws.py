@@ -71,21 +71,8 @@ def error_message(tid: str | None, exc: HivemeshError) -> dict[str, Any]:
 
 
 def watch_phases(run: Run, emit: Callable[[str, str | None, dict[str, Any]], None]) -> None:
-    """Call ``emit(phase, node, detail)`` for each event the run has recorded and records from now on.
-
-    The task record has no subscriber hook, so its ``event`` method is wrapped on this one instance (the record
-    belongs to this task alone and dies with it), and the events recorded before (at admission, not yet written:
-    a task is watched as soon as it has started) are replayed from its write buffer."""
-    record = run.record
-    original = record.event
-    for row in list(getattr(record, "_event_rows", ())):
-        emit(row["phase"], row["node"], dict(row["detail"] or {}))
-
-    def event(phase: str, node: str | None, **detail: Any) -> None:
-        original(phase, node, **detail)
-        emit(phase, node, detail)
-
-    record.event = event  # type: ignore[method-assign]
+    """Call ``emit(phase, node, detail)`` for each event the run has recorded and records from now on."""
+    run.record.watch(emit)
 
 
 class ClientSocket:

@@ -44,6 +44,7 @@ from hivemesh.protocol import wire
 from hivemesh.store.db import Store
 
 log = logging.getLogger(__name__)
+MAX_KNOWN_MODELS = 1024  # model names remembered across miners (for 503 instead of 404 while none is back)
 
 MAX_STRIKES = 20  # protocol violations on one connection before the hub hangs up
 HELLO_TIMEOUT_S = 10.0
@@ -218,7 +219,8 @@ class MinerHub:
         if old is not None:  # the same node reconnected: the new connection wins
             await self._drop(old, "replaced by a new connection")
         self.links[node] = link
-        self.known_models.update(link.models)
+        if len(self.known_models) < MAX_KNOWN_MODELS:  # a hostile miner cannot grow it without bound
+            self.known_models.update(list(link.models)[: MAX_KNOWN_MODELS - len(self.known_models)])
         await self.store.upsert_node(
             node,
             {

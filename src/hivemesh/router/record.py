@@ -10,6 +10,7 @@ token mode) keep their record through this one class.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, update
@@ -57,6 +58,9 @@ class TaskRecord:
         self._assign_rows: list[dict[str, Any]] = []
         self._slot_vals: dict[str, dict[str, Any]] = {}
         self._slotted: set[str] = set()
+        self.watchers: list[
+            Callable[[str, str | None, dict[str, Any]], None]
+        ] = []  # told of each history line
         self.flushed = time.monotonic()
 
     def task(self, **values: Any) -> None:
@@ -67,10 +71,19 @@ class TaskRecord:
         self._event_rows.append(
             {"task_id": self.task_id, "ts": time.time(), "phase": phase, "node": node, "detail": detail}
         )
+        for watch in self.watchers:
+            watch(phase, node, detail)
         rank = PHASES.index(phase) if phase in PHASES else -1
         if rank > self.phase:
             self.phase = rank
             self._task_vals["phase"] = phase
+
+    def watch(self, emit: Callable[[str, str | None, dict[str, Any]], None]) -> None:
+        """Call ``emit(phase, node, detail)`` for each history line recorded so far (not yet written: a task is
+        watched as soon as it has started) and from now on."""
+        for row in self._event_rows:
+            emit(row["phase"], row["node"], dict(row["detail"] or {}))
+        self.watchers.append(emit)
 
     def slot(self, node: str, index: int, **values: Any) -> None:
         """A new slot row (a miner took a role in the task). A node that takes a second role in the same task
