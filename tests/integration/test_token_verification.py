@@ -202,3 +202,19 @@ def test_streaming_ends_with_the_verdict_and_the_verifier(network: Network) -> N
     assert text == honest_answer(3)
     last = chunks[-1].model_extra["hivemesh"]
     assert last["verdict"] == "verified" and len(last["verifiers"]) == 1
+
+
+def test_under_load_every_answer_still_gets_its_verifier(network: Network) -> None:
+    """Two single-slot miners and a queue of tasks: a claim waiting for a check takes freed capacity before the
+    scheduler can give it to a new generation, so no answer falls back to unverified."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    network.start_router(defaults=TOKEN)
+    for name in ("a", "b"):
+        network.add_miner(name, engine_obj=InstantEngine(capacity=1, tokens=10, token_delay_s=0.005))
+    client = network.client()
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda seed: ask(client, seed), range(16)))
+    verdicts = [r.model_extra["hivemesh"]["verdict"] for r in replies]
+    assert verdicts == ["verified"] * 16
+    assert [r.choices[0].message.content for r in replies] == [honest_answer(s) for s in range(16)]

@@ -13,6 +13,7 @@ stream ends with the verdict ``rejected``; the verified answer is on the task re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -191,6 +192,9 @@ class TokenRun:
                 nodes = self._draw(eff)
                 if nodes is None:  # verifiers exist but are all busy: try again shortly
                     self._draw_retry, self._draw_since = eff, time.monotonic()
+                    if self._capacity_freed not in self.hub.listeners:
+                        # first in line: a claim waiting for its check goes before new generations
+                        self.hub.listeners.insert(0, self._capacity_freed)
                     continue
                 self._effects += self.machine.apply(pouw.Drawn(eff.role, tuple(nodes), time.monotonic()))
             else:
@@ -266,9 +270,30 @@ class TokenRun:
                 link = self.links.get(node)
                 if link is not None:
                     await link.send(wire.Cancel(task_id=self.spec.id, reason="task ended"))
+            self._draw_retry = None
+            self._unlisten()
             for node in list(self.reserved):
                 self._free(node)
             self.hub.runs.pop(self.spec.id, None)
+
+    def _capacity_freed(self) -> None:
+        """A hub listener while a verifier draw waits: capacity may be free; take it before the scheduler can
+        give it to a new task, and hand the draw to the run as an event."""
+        d = self._draw_retry
+        if d is None:
+            self._unlisten()
+            return
+        self._draw_retry = None
+        nodes = self._draw(d)
+        if nodes is None:
+            self._draw_retry = d
+            return
+        self._unlisten()
+        self.events.put_nowait(pouw.Drawn(d.role, tuple(nodes), time.monotonic()))
+
+    def _unlisten(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.hub.listeners.remove(self._capacity_freed)
 
     def _retry_draw(self) -> bool:
         d = self._draw_retry
@@ -281,9 +306,11 @@ class TokenRun:
                 VERIFIER_QUEUE_S, policy_of(self.spec).verify_timeout_s
             ):
                 self._draw_retry = None  # waited long enough: the machine decides on what it has
+                self._unlisten()
                 self._effects += self.machine.apply(pouw.Drawn(d.role, (), time.monotonic()))
                 return True
             return False
+        self._unlisten()
         self._effects += self.machine.apply(pouw.Drawn(d.role, tuple(nodes), time.monotonic()))
         return True
 
