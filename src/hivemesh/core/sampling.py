@@ -16,8 +16,10 @@ before it (``history``):
    ``top_p``. The pick is the candidate with the largest ``score_i = z_i / T + g_i`` (ties: the lowest id).
 
 ``check`` is the verifier's view of a claimed token (``TokenCheck``): the pick, the claimed token's margin (logit
-units: ``T * (score_pick - score_claimed)``, ``z_pick - z_claimed`` when greedy; 0.0 when the claim is the pick;
-for a claimed token outside the candidate set, at least how far its ``z`` is below the set's entry threshold), its
+units: ``z_pick - z_claimed`` when greedy; 0.0 when the claim is the pick; otherwise, over every candidate j that
+outscores the claim, the largest ``min(T * (score_j - score_claimed), z_j - threshold)``: j must lose its lead or
+fall out of the candidate set, whichever is nearer, since noise at the filters' boundary changes the set; for a
+claimed token outside the set, at least how far its ``z`` is below the set's entry threshold), its
 1-based rank among the perturbed scores (candidates first, then the other tokens by ``z``) and its log-probability
 under ``softmax(z / T)`` over the whole vocabulary (``T = 1`` when greedy).
 
@@ -151,7 +153,9 @@ def _candidates(z: npt.NDArray[np.float32], sampler: Sampler) -> _Candidates:
     zmax = float(zc.max())
     threshold = kth
     if sampler.min_p > 0.0:
-        floor = zmax + t * float(np.log(sampler.min_p))  # p_i >= min_p * p_max  <=>  z_i >= z_max + T log min_p
+        floor = zmax + t * float(
+            np.log(sampler.min_p)
+        )  # p_i >= min_p * p_max  <=>  z_i >= z_max + T log min_p
         keep = zc >= floor
         ids, zc, threshold = ids[keep], zc[keep], max(threshold, floor)
     if sampler.top_p < 1.0 and ids.shape[0] > 1:
@@ -193,11 +197,22 @@ def _check_row(z: npt.NDArray[np.float32], claimed: int, sampler: Sampler, posit
     if inside:
         sc = float(scores[slot])
         rank = 1 + int(np.count_nonzero(scores > sc)) + int(np.count_nonzero(scores[:slot] == sc))
-        return TokenCheck(pick, max(0.0, t * (float(scores[best]) - sc)), rank, logprob)
+        return TokenCheck(pick, _beaten_by(c, scores, sc, t), rank, logprob)
     sc = zc / t + float(gumbel(sampler.seed, position, np.array([claimed]))[0])
-    margin = max(t * (float(scores[best]) - sc), c.threshold - zc, 0.0)
+    margin = max(_beaten_by(c, scores, sc, t), c.threshold - zc)
     outside_above = int(np.count_nonzero(z > z[claimed])) - int(np.count_nonzero(c.z > zc))
     return TokenCheck(pick, margin, c.ids.shape[0] + 1 + outside_above, logprob)
+
+
+def _beaten_by(c: _Candidates, scores: npt.NDArray[np.float64], claimed_score: float, t: float) -> float:
+    """How far (logits) the claimed token is from winning: every candidate that outscores it must either lose
+    its lead or drop out of the candidate set, whichever is nearer (a candidate barely above the filters'
+    threshold may be outside the generator's set under hardware noise, its Gumbel draw notwithstanding)."""
+    above = scores > claimed_score
+    if not above.any():
+        return 0.0
+    cost = np.minimum(t * (scores[above] - claimed_score), c.z[above] - c.threshold)
+    return max(0.0, float(cost.max()))
 
 
 # ---------------------------------------------------------------- public

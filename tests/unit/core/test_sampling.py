@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from hivemesh.core.sampling import Sampler, check, check_all, gumbel, pick
 from hivemesh.core.sampling import History as SamplingHistory
+from hivemesh.core.sampling import Sampler, check, check_all, gumbel, pick
 from hivemesh.protocol.wire import SamplingParams
 
 VOCAB = 49_152
@@ -118,7 +118,10 @@ def test_any_int_seed_is_accepted(seed: int) -> None:
 
 def test_seeds_equal_mod_2_64_sample_alike() -> None:
     z = logits(8, scale=0.3)
-    a, b = Sampler.of(SamplingParams(temperature=1.0, seed=-1)), Sampler.of(SamplingParams(temperature=1.0, seed=2**64 - 1))
+    a, b = (
+        Sampler.of(SamplingParams(temperature=1.0, seed=-1)),
+        Sampler.of(SamplingParams(temperature=1.0, seed=2**64 - 1)),
+    )
     assert [pick(z, a, p) for p in range(20)] == [pick(z, b, p) for p in range(20)]
 
 
@@ -156,3 +159,17 @@ def test_check_all_agrees_with_a_generator_that_picks_token_after_token() -> Non
 def test_a_token_outside_the_vocabulary_is_refused() -> None:
     with pytest.raises(ValueError):
         check(logits(9, n=10), 10, Sampler(temperature=0.0), 0)
+
+
+def test_a_rival_at_the_filters_boundary_costs_no_more_than_its_distance_to_it() -> None:
+    """Noise may put a token just inside the verifier's top-k that was just outside the generator's: its Gumbel
+    draw may beat the claim by a lot, but the claim is only as far off as that token is from the boundary."""
+    z = np.array([2.0, 1.0, 1.001, -5.0], dtype=np.float32)
+    s = next(
+        x
+        for x in (Sampler(temperature=1.0, top_k=2, min_p=0.0, seed=seed) for seed in range(1000))
+        if pick(z, x, 0) == 2
+    )
+    c = check(z, 0, s, 0)
+    assert c.pick == 2 and c.rank == 2
+    assert c.margin <= 0.002
