@@ -52,6 +52,7 @@ _INSERT_ENTRIES = (
 )
 _ENTRY_IDS = "SELECT seq, id FROM entries WHERE shard = ? AND seq >= ? AND seq <= ?"
 _INSERT_POSTINGS = "INSERT INTO postings (entry_id, account, delta) VALUES (?, ?, ?)"
+_INSERT_ACCOUNTS = "INSERT INTO accounts (address, balance, earned) VALUES (?, ?, ?)"  # SQLite only
 _LOCK_HEADS = (
     select(chain_heads.c.shard, chain_heads.c.seq, chain_heads.c.hash)
     .where(chain_heads.c.shard.in_(bindparam("shards", expanding=True)))
@@ -118,6 +119,14 @@ class Book:
         """Create (at zero) those of these accounts that ``lock`` did not find; they are locked as created."""
         missing = sorted(set(names) - set(self.balances))
         if not missing:
+            return
+        if self.db.dialect == "sqlite":
+            # this transaction holds SQLite's one write lock since its BEGIN IMMEDIATE: what it found missing
+            # is still missing, so a plain bulk insert does (no RETURNING, compiled once)
+            zero = self.db.amount(0)
+            await self.conn.exec_driver_sql(_INSERT_ACCOUNTS, [(a, zero, zero) for a in missing])
+            for a in missing:
+                self.balances[a] = self.earned[a] = 0
             return
         created = await self.conn.execute(
             self.db.insert_ignore(accounts, accounts.c.address),

@@ -28,13 +28,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select
 
 from hivemesh.errors import HivemeshError, InsufficientFunds, LedgerError, NotFound
 from hivemesh.ledger import accounts as acc
 from hivemesh.ledger.accounts import TREASURY, EntryKind
 from hivemesh.ledger.book import Book, EntrySpec, RetryTransaction, cor
-from hivemesh.ledger.schema import Amount, api_keys, holds, sessions
+from hivemesh.ledger.schema import api_keys, holds, sessions
 from hivemesh.ledger.views import Settlement, frozen_payouts
 
 OPEN, CLOSED = "open", "closed"
@@ -132,21 +132,13 @@ _LOCK_KEYS = (
     .order_by(api_keys.c.key_id)
     .with_for_update()
 )
-_SET_SPENT = (
-    update(api_keys)
-    .where(api_keys.c.key_id == bindparam("_k"))
-    .values(spent=bindparam("_spent", type_=Amount()))
+# the bulk writes, as driver SQL (see ``Database.driver_sql``)
+_SET_SPENT = "UPDATE api_keys SET spent = ? WHERE key_id = ?"
+_CLOSE_HOLDS = (
+    "UPDATE holds SET state = ?, fee = ?, released = ?, payouts = ?, closed_us = ? WHERE task_id = ?"
 )
-_CLOSE_HOLD = (
-    update(holds)
-    .where(holds.c.task_id == bindparam("_task"))
-    .values(
-        state=bindparam("_state"),
-        fee=bindparam("_fee", type_=Amount()),
-        released=bindparam("_released", type_=Amount()),
-        payouts=bindparam("_payouts"),
-        closed_us=bindparam("_at"),
-    )
+_INSERT_HOLDS = (  # SQLite only
+    "INSERT INTO holds (task_id, session_id, amount, state, created_us, key_id) VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -388,8 +380,13 @@ def _release(state: _State, op: Release) -> int:
 
 async def _write(book: Book, state: _State) -> None:
     conn = book.conn
-    new = [(t, h) for t, h in state.holds.items() if h.new]
-    if new:
+    amount, sql = book.db.amount, book.db.driver_sql
+    new = sorted((t, h) for t, h in state.holds.items() if h.new)
+    if new and book.db.dialect == "sqlite":  # the write lock is ours since BEGIN: no concurrent creator
+        await conn.exec_driver_sql(
+            _INSERT_HOLDS, [(t, h.session_id, amount(h.amount), HELD, book.now_us, h.key_id) for t, h in new]
+        )
+    elif new:
         rows: list[dict[str, Any]] = [
             {
                 "task_id": t,
@@ -399,28 +396,28 @@ async def _write(book: Book, state: _State) -> None:
                 "created_us": book.now_us,
                 "key_id": h.key_id,
             }
-            for t, h in sorted(new)
+            for t, h in new
         ]
         created = await conn.execute(book.db.insert_ignore(holds, holds.c.task_id), rows)
         if len(set(created.scalars())) != len(rows):
             raise RetryTransaction("holds created concurrently")
     closed = [
-        {
-            "_task": t,
-            "_state": h.state,
-            "_fee": h.fee,
-            "_released": h.released,
-            "_payouts": h.payouts,
-            "_at": book.now_us,
-        }
+        (
+            h.state,
+            None if h.fee is None else amount(h.fee),
+            None if h.released is None else amount(h.released),
+            h.payouts,
+            book.now_us,
+            t,
+        )
         for t, h in sorted(state.holds.items())
         if h.closed
     ]
     if closed:
-        await conn.execute(_CLOSE_HOLD, closed)
+        await conn.exec_driver_sql(sql(_CLOSE_HOLDS), closed)
     if state.spent_changed:
-        await conn.execute(
-            _SET_SPENT, [{"_k": k, "_spent": state.budgets[k][1]} for k in sorted(state.spent_changed)]
+        await conn.exec_driver_sql(
+            sql(_SET_SPENT), [(amount(state.budgets[k][1]), k) for k in sorted(state.spent_changed)]
         )
     if state.specs:
         await book.create({a for spec in state.specs for a, d in spec.postings.items() if d})
