@@ -1,7 +1,7 @@
 """Proof of Inference, measured: what verification costs and how well it catches cheats.
 
-    python -m bench.verification                       # token-level verification, reduced (a few minutes)
-    python -m bench.verification --tasks-per-attack 300 --honest-tasks 1000 --cost-rounds 40 --collusion-tasks 100 --max-tokens 128
+    python -m bench.verification                       # token-level verification, reduced (~25 minutes)
+    python -m bench.verification --tasks-per-attack 300 --honest-tasks 1000 --cost-rounds 40 --collusion-tasks 100 --max-tokens 128 --honest 5
     python -m bench.verification --part voting [--tasks 200] [--garbage 1] [--rounds 12]
 
 ``--part token`` (the default; see the section "token verification" below), real SmolLM2 miner processes, every
@@ -778,8 +778,8 @@ def _false_rejections(net: TokenNet, args: argparse.Namespace) -> None:
             continue
         hm = resp["hivemesh"]
         task = net.task(sid, hm["task_id"])
-        # every check a verifier sent (first round and escalations), from the task record
-        evidence = [m["evidence"] for m in task.get("miners") or [] if m.get("evidence")]
+        # every check a verifier sent (first round, escalations, checks of regenerations): the record's history
+        evidence = [h for h in task.get("history") or [] if h.get("phase") == "evidence"]
         rejected = [e for e in evidence if not e.get("accepted")]
         n["checks"] += len(evidence)
         n["rejected_checks"] += len(rejected)
@@ -974,6 +974,11 @@ def part_cost_split(args: argparse.Namespace) -> None:
     avoid_repack_crash()
     rows: list[tuple[int, int, float, float, float]] = []
 
+    def cold(eng: LlamaCppEngine) -> None:
+        """Forget the KV cache: the next pass computes the prompt, as a verifier that never saw it does."""
+        eng._llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        eng._llm.reset()
+
     async def run() -> None:
         eng = LlamaCppEngine(n_threads=1)
         await eng.start()
@@ -985,7 +990,7 @@ def part_cost_split(args: argparse.Namespace) -> None:
                     params=SamplingParams(temperature=0.0, seed=1, max_tokens=args.split_max_tokens),
                     messages=(ChatMessage(role="user", content=prompt_of(i)),),
                 )
-                eng._llm.reset()
+                cold(eng)
                 c0 = time.process_time()
                 parts, fin = [], None
                 async for ev in eng.generate(req):
@@ -995,12 +1000,12 @@ def part_cost_split(args: argparse.Namespace) -> None:
                         fin = ev
                 gen = time.process_time() - c0
                 assert fin is not None
-                eng._llm.reset()
+                cold(eng)
                 c0 = time.process_time()
                 await eng.verify(VerifyRequest(req, fin.tokens, "".join(parts), fin.finish_reason))
                 ver = time.process_time() - c0
                 prompt, _ = eng._prompt_tokens(req)
-                eng._llm.reset()
+                cold(eng)
                 c0 = time.process_time()
                 await asyncio.to_thread(eng._llm.eval, prompt)
                 pre = time.process_time() - c0

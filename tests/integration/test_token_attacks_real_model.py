@@ -19,7 +19,7 @@ from bench.attackers import AttackEngine, avoid_repack_crash, build
 from hivemesh.config import SessionDefaults
 from hivemesh.engines.llamacpp import LlamaCppEngine
 
-from ..conftest import LoopThread, Network
+from ..conftest import Network
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
@@ -39,21 +39,14 @@ PROMPTS = [
 MAX_TASKS = 25  # the attacker is drawn as generator about 1 in 5 times: (4/5)^25 < 0.4 % to never be drawn
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+@pytest.fixture
+def net(network: Network) -> Iterator[Network]:
+    """A fresh network per attacker, so it starts with the same standing as the honest miners."""
     avoid_repack_crash()  # llama-cpp-python 0.3.36 built here segfaults on repacked weights
-    lt = LoopThread()
-    network = Network(lt, tmp_path_factory.mktemp("token-attacks"))
-    try:
-        network.start_router(defaults=TOKEN)
-        for i in range(4):
-            network.add_miner(f"honest-{i}", engine_obj=LlamaCppEngine(n_threads=1))
-        yield network
-    finally:
-        try:
-            network.close()
-        finally:
-            lt.stop()
+    network.start_router(defaults=TOKEN)
+    for i in range(4):
+        network.add_miner(f"honest-{i}", engine_obj=LlamaCppEngine(n_threads=1))
+    yield network
 
 
 def fraud_strikes(network: Network, node: str) -> int:
@@ -126,8 +119,8 @@ def test_one_token_fact_swap_is_never_verified_and_is_struck(net: Network) -> No
 
 
 def test_perturbed_model_under_the_same_name_is_never_verified_and_is_struck(
-    net: Network, tmp_path_factory: pytest.TempPathFactory
+    net: Network, tmp_path: Path
 ) -> None:
-    engine = build("other_model", threads=1, cache_dir=Path(tmp_path_factory.mktemp("perturbed")))
+    engine = build("other_model", threads=1, cache_dir=tmp_path / "perturbed")
     # an honest engine on other weights: every answer it claims is another model's
     attack(net, "perturbed", engine, every_claim_cheats=True)
