@@ -91,16 +91,23 @@ _ROUND: Final = 4  # decimals in summaries
 
 @dataclass(frozen=True, slots=True)
 class Tolerance:
-    """How much hardware noise a check forgives. Defaults are placeholders until calibrated on the real model."""
+    """How much hardware noise a check forgives, calibrated on the embedded model (``bench/calibrate_tolerance.py``:
+    SmolLM2-135M Q4_1, generation on 2 threads vs a batched prefill on 1, 128 tokens, temperature 0 and 0.7).
 
-    # Largest margin (logit units) at which a claimed token that is not the verifier's pick still passes: thread
-    # counts and BLAS paths move logits slightly, so honest near-ties can flip (6 of 348 tokens in our tests).
-    margin: float = 1.0
-    # Share of an answer's positions that may use the margin; bounds what a generator that picks near-ties on
-    # purpose can steer.
-    cap_fraction: float = 0.05
-    # ... but never fewer than this many positions, so short honest answers survive a flip or two.
-    cap_min: int = 2
+    Measured: 2.3-3.0 % of honest tokens are not the verifier's pick, at margins p50 0.06-0.08, p99 0.21-0.36, max
+    0.36 logits; a perturbed copy of the model (ffn_norm weights x (1 + 0.15 N(0,1))) has 20-23 % of its tokens
+    off, at margins p50 0.73-0.79, p99 3.2-4.5, max 9.6: every such answer is rejected by margin alone."""
+
+    # Largest margin (logit units) at which a claimed token that is not the verifier's pick still passes: about
+    # twice the largest honest margin measured.
+    margin: float = 0.75
+    # Share of an answer's positions that may use the margin: honest answers have ~3 % (Poisson), so 11 % keeps
+    # false rejections near 1e-5 at 128 tokens, while bounding what a generator that picks near-ties on purpose
+    # can steer.
+    cap_fraction: float = 0.11
+    # ... but never fewer than this many positions, so short honest answers survive a few flips (P(> 6) ~ 3e-4
+    # at 48 tokens).
+    cap_min: int = 6
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.margin) and self.margin >= 0.0):

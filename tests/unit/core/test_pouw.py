@@ -25,6 +25,7 @@ from hivemesh.core.pouw import (
     TokenPolicy,
     TokenPoUW,
 )
+from hivemesh.core.verdict import Tolerance
 from hivemesh.protocol import wire
 
 TOKENS = (5, 6, 7, 2)  # 2 plays the end-of-generation token
@@ -261,3 +262,45 @@ def test_a_prompt_over_the_context_ends_the_task_at_once_without_a_strike() -> N
     eff = m.apply(Failed("G", "miner_error: too long", 0.1, code="context_length_exceeded"))
     assert of(eff, FailTask) == [FailTask("miner_error: too long", "context_length_exceeded")]
     assert not of(eff, Draw) and not of(eff, Strike) and m.phase is Phase.DONE
+
+
+def near_ties(node: str, at: tuple[int, ...]) -> wire.Evidence:
+    """Evidence where the claimed token is a near tie (margin 0.3) at positions ``at``."""
+    ev = evidence(node)
+    return ev.model_copy(
+        update={
+            "picks": tuple(t + 1 if i in at else t for i, t in enumerate(TOKENS)),
+            "margins": tuple(0.3 if i in at else 0.0 for i in range(len(TOKENS))),
+        }
+    )
+
+
+STRICT_CAP = TokenPolicy(max_tokens=16, tolerance=Tolerance(margin=0.75, cap_fraction=0.0, cap_min=1))
+
+
+def test_too_many_near_ties_confirmed_is_regenerated_but_nobody_is_slashed() -> None:
+    m = TokenPoUW("t1", STRICT_CAP)
+    m.start()
+    generated(m, "G")
+    m.apply(Drawn("verifier", ("V",), 0.4))
+    eff = m.apply(EvidenceIn("V", near_ties("V", (0, 2)), 0.5))
+    assert of(eff, Draw)[0].role == "verifier"  # escalated
+    m.apply(Drawn("verifier", ("E1", "E2"), 0.6))
+    m.apply(EvidenceIn("E1", near_ties("E1", (0, 2)), 0.7))
+    eff = m.apply(EvidenceIn("E2", near_ties("E2", (1, 2)), 0.8))
+    assert not of(eff, Strike) and not m.fraud  # hardware noise is not a fraud proof
+    assert of(eff, Draw)[0].role == "generator"
+
+
+def test_too_many_near_ties_refuted_keeps_the_answer_and_strikes_nobody() -> None:
+    m = TokenPoUW("t1", STRICT_CAP)
+    m.start()
+    generated(m, "G")
+    m.apply(Drawn("verifier", ("V",), 0.4))
+    m.apply(EvidenceIn("V", near_ties("V", (0, 2)), 0.5))
+    m.apply(Drawn("verifier", ("E1", "E2"), 0.6))
+    m.apply(EvidenceIn("E1", evidence("E1"), 0.7))
+    eff = m.apply(EvidenceIn("E2", near_ties("E2", (3,)), 0.8))
+    (d,) = of(eff, Deliver)
+    assert d.verdict == "verified" and set(d.verifiers) == {"E1", "E2"}
+    assert not of(eff, Strike)
