@@ -168,6 +168,7 @@ class LlamaCppEngine:
         diff = np.flatnonzero(cached != np.asarray(tokens[:n], dtype=cached.dtype))
         keep = int(diff[0]) if diff.size else n
         if keep <= 0 or not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            llm._ctx.kv_cache_clear()  # reset() only rewinds the token count: stale cells would clash on decode
             llm.reset()
             return 0
         llm.n_tokens = keep
