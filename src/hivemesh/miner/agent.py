@@ -137,12 +137,7 @@ class MinerAgent:
                     continue
                 job = _Job(msg)
                 self.jobs[msg.task_id] = job
-                work = (
-                    self._serve(ws, nonce, job)
-                    if isinstance(msg, wire.Assign)
-                    else self._check(ws, nonce, job)
-                )
-                job.task = asyncio.create_task(work, name=f"job-{msg.task_id}")
+                job.task = asyncio.create_task(self._run_job(ws, nonce, job), name=f"job-{msg.task_id}")
             elif isinstance(msg, wire.RevealRequest):
                 if (waiting := self.jobs.get(msg.task_id)) is not None:
                     waiting.reveal.set()
@@ -155,96 +150,14 @@ class MinerAgent:
     def _signed(self, msg: _S, nonce: str) -> _S:
         return msg.model_copy(update={"sig": self.identity.sign(wire.signing_payload(msg, nonce))})
 
-    async def _check(self, ws: ClientConnection, nonce: str, job: _Job) -> None:
-        """Verify a claimed answer: one forward pass, per-token evidence, signed."""
-        v = job.assign
-        assert isinstance(v, wire.Verify)
-        tid = v.task_id
+    async def _run_job(self, ws: ClientConnection, nonce: str, job: _Job) -> None:
+        """Serve one assignment (generate) or verification request; report a failure to the router as TaskFailed."""
+        tid = job.assign.task_id
         try:
-            if not isinstance(self.engine, Verifier):
-                raise HivemeshError(f"engine {self.engine.name} cannot verify")
-            t0 = time.monotonic()
-            req = GenerationRequest(
-                model=v.model, kind=v.kind, params=v.params, messages=v.messages, prompt=v.prompt
-            )
-            checks = await self.engine.verify(VerifyRequest(req, v.tokens, v.output, v.finish_reason))
-            evidence = wire.Evidence(
-                task_id=tid,
-                node=self.identity.address,
-                picks=checks.picks,
-                margins=checks.margins,
-                ranks=checks.ranks,
-                logprobs=checks.logprobs,
-                text_ok=checks.text_ok,
-                prompt_tokens=checks.prompt_tokens,
-                context_length=checks.context_length,
-                problem=checks.problem,
-                elapsed_ms=int((time.monotonic() - t0) * 1000),
-            )
-            await ws.send(wire.encode(self._signed(evidence, nonce)))
-            self.verified += 1
-        except asyncio.CancelledError:
-            raise
-        except HivemeshError as exc:
-            with contextlib.suppress(Exception):
-                await ws.send(
-                    wire.encode(wire.TaskFailed(task_id=tid, message=exc.message, code=exc.code or ""))
-                )
-        except websockets.exceptions.ConnectionClosed:
-            pass
-        except Exception as exc:
-            log.exception("verification crashed task_id=%s", tid)
-            with contextlib.suppress(Exception):
-                await ws.send(wire.encode(wire.TaskFailed(task_id=tid, message=f"miner error: {exc}"[:2000])))
-        finally:
-            self.jobs.pop(tid, None)
-
-    async def _serve(self, ws: ClientConnection, nonce: str, job: _Job) -> None:
-        a = job.assign
-        assert isinstance(a, wire.Assign)
-        tid = a.task_id
-        try:
-            await ws.send(wire.encode(self._signed(wire.Ack(task_id=tid, node=self.identity.address), nonce)))
-            t0 = time.monotonic()
-            parts: list[str] = []
-            finished: Finished | None = None
-            req = GenerationRequest(
-                model=a.model, kind=a.kind, params=a.params, messages=a.messages, prompt=a.prompt
-            )
-            async for ev in self.engine.generate(req):
-                if isinstance(ev, Piece):
-                    if a.stream and ev.text:
-                        await ws.send(wire.encode(wire.Delta(task_id=tid, index=len(parts), text=ev.text)))
-                    if ev.text:
-                        parts.append(ev.text)
-                else:
-                    finished = ev
-            if finished is None:
-                raise HivemeshError("engine ended without finishing")
-            output = "".join(parts)
-            salt = secrets.token_bytes(16)
-            elapsed = int((time.monotonic() - t0) * 1000)
-            node, usage, fin = self.identity.address, finished.usage, finished.finish_reason
-            tokens = finished.tokens
-            if a.reveal == "on_request":
-                digest = wire.commit_digest(salt, output, tokens)
-                pre = wire.Precommit(
-                    task_id=tid, node=node, usage=usage, digest=digest, finish_reason=fin, elapsed_ms=elapsed
-                )
-                await ws.send(wire.encode(self._signed(pre, nonce)))
-                await asyncio.wait_for(job.reveal.wait(), a.deadline_ms / 1000 + REVEAL_GRACE_S)
-            commit = wire.Commit(
-                task_id=tid,
-                node=node,
-                usage=usage,
-                output=output,
-                salt=salt.hex(),
-                finish_reason=fin,
-                elapsed_ms=elapsed,
-                tokens=tokens,
-            )
-            await ws.send(wire.encode(self._signed(commit, nonce)))
-            self.served += 1
+            if isinstance(job.assign, wire.Assign):
+                await self._serve(ws, nonce, job)
+            else:
+                await self._check(ws, nonce, job)
         except asyncio.CancelledError:
             raise
         except HivemeshError as exc:
@@ -262,3 +175,77 @@ class MinerAgent:
                 await ws.send(wire.encode(wire.TaskFailed(task_id=tid, message=f"miner error: {exc}"[:2000])))
         finally:
             self.jobs.pop(tid, None)
+
+    async def _check(self, ws: ClientConnection, nonce: str, job: _Job) -> None:
+        """Verify a claimed answer: one forward pass, per-token evidence, signed."""
+        v = job.assign
+        assert isinstance(v, wire.Verify)
+        tid = v.task_id
+        if not isinstance(self.engine, Verifier):
+            raise HivemeshError(f"engine {self.engine.name} cannot verify")
+        t0 = time.monotonic()
+        req = GenerationRequest(
+            model=v.model, kind=v.kind, params=v.params, messages=v.messages, prompt=v.prompt
+        )
+        checks = await self.engine.verify(VerifyRequest(req, v.tokens, v.output, v.finish_reason))
+        evidence = wire.Evidence(
+            task_id=tid,
+            node=self.identity.address,
+            picks=checks.picks,
+            margins=checks.margins,
+            ranks=checks.ranks,
+            logprobs=checks.logprobs,
+            text_ok=checks.text_ok,
+            prompt_tokens=checks.prompt_tokens,
+            context_length=checks.context_length,
+            problem=checks.problem,
+            elapsed_ms=int((time.monotonic() - t0) * 1000),
+        )
+        await ws.send(wire.encode(self._signed(evidence, nonce)))
+        self.verified += 1
+
+    async def _serve(self, ws: ClientConnection, nonce: str, job: _Job) -> None:
+        a = job.assign
+        assert isinstance(a, wire.Assign)
+        tid = a.task_id
+        await ws.send(wire.encode(self._signed(wire.Ack(task_id=tid, node=self.identity.address), nonce)))
+        t0 = time.monotonic()
+        parts: list[str] = []
+        finished: Finished | None = None
+        req = GenerationRequest(
+            model=a.model, kind=a.kind, params=a.params, messages=a.messages, prompt=a.prompt
+        )
+        async for ev in self.engine.generate(req):
+            if isinstance(ev, Piece):
+                if a.stream and ev.text:
+                    await ws.send(wire.encode(wire.Delta(task_id=tid, index=len(parts), text=ev.text)))
+                if ev.text:
+                    parts.append(ev.text)
+            else:
+                finished = ev
+        if finished is None:
+            raise HivemeshError("engine ended without finishing")
+        output = "".join(parts)
+        salt = secrets.token_bytes(16)
+        elapsed = int((time.monotonic() - t0) * 1000)
+        node, usage, fin = self.identity.address, finished.usage, finished.finish_reason
+        tokens = finished.tokens
+        if a.reveal == "on_request":
+            digest = wire.commit_digest(salt, output, tokens)
+            pre = wire.Precommit(
+                task_id=tid, node=node, usage=usage, digest=digest, finish_reason=fin, elapsed_ms=elapsed
+            )
+            await ws.send(wire.encode(self._signed(pre, nonce)))
+            await asyncio.wait_for(job.reveal.wait(), a.deadline_ms / 1000 + REVEAL_GRACE_S)
+        commit = wire.Commit(
+            task_id=tid,
+            node=node,
+            usage=usage,
+            output=output,
+            salt=salt.hex(),
+            finish_reason=fin,
+            elapsed_ms=elapsed,
+            tokens=tokens,
+        )
+        await ws.send(wire.encode(self._signed(commit, nonce)))
+        self.served += 1

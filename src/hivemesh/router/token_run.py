@@ -276,42 +276,41 @@ class TokenRun:
                 self._free(node)
             self.hub.runs.pop(self.spec.id, None)
 
-    def _capacity_freed(self) -> None:
-        """A hub listener while a verifier draw waits: capacity may be free; take it before the scheduler can
-        give it to a new task, and hand the draw to the run as an event."""
-        d = self._draw_retry
+    def _take_waiting(self) -> tuple[str, ...] | None:
+        """Try the waiting verifier draw again: the nodes it reserved, or None while every verifier is busy."""
+        d, self._draw_retry = self._draw_retry, None
         if d is None:
             self._unlisten()
-            return
-        self._draw_retry = None
+            return None
         nodes = self._draw(d)
         if nodes is None:
             self._draw_retry = d
-            return
+            return None
         self._unlisten()
-        self.events.put_nowait(pouw.Drawn(d.role, tuple(nodes), time.monotonic()))
+        return tuple(nodes)
+
+    def _capacity_freed(self) -> None:
+        """A hub listener while a verifier draw waits: capacity may be free; take it before the scheduler can
+        give it to a new task, and hand the draw to the run as an event."""
+        if (nodes := self._take_waiting()) is not None:
+            self.events.put_nowait(pouw.Drawn("verifier", nodes, time.monotonic()))
 
     def _unlisten(self) -> None:
         with contextlib.suppress(ValueError):
             self.hub.listeners.remove(self._capacity_freed)
 
     def _retry_draw(self) -> bool:
-        d = self._draw_retry
-        assert d is not None
-        self._draw_retry = None
-        nodes = self._draw(d)
+        """The run loop's turn at the waiting draw: True when the machine was told (drawn, or given up on)."""
+        nodes = self._take_waiting()
         if nodes is None:
-            self._draw_retry = d
-            if time.monotonic() - self._draw_since > min(
+            if time.monotonic() - self._draw_since <= min(
                 VERIFIER_QUEUE_S, policy_of(self.spec).verify_timeout_s
             ):
-                self._draw_retry = None  # waited long enough: the machine decides on what it has
-                self._unlisten()
-                self._effects += self.machine.apply(pouw.Drawn(d.role, (), time.monotonic()))
-                return True
-            return False
-        self._unlisten()
-        self._effects += self.machine.apply(pouw.Drawn(d.role, tuple(nodes), time.monotonic()))
+                return False
+            self._draw_retry = None  # waited long enough: the machine decides on what it has
+            self._unlisten()
+            nodes = ()
+        self._effects += self.machine.apply(pouw.Drawn("verifier", nodes, time.monotonic()))
         return True
 
     def _free(self, node: str) -> None:
