@@ -38,8 +38,9 @@ class GroupCommit(Generic[Op, R]):
         self._pending.append((op, fut))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain(), name="ledger-group-commit")
-        # A caller that is cancelled stops waiting; its operation still commits (or fails) with its batch.
-        return await asyncio.shield(fut)
+        # A caller that is cancelled cancels only its future: its operation still commits (or fails) with
+        # its batch, which skips futures already done.
+        return await fut
 
     async def _drain(self) -> None:
         while self._pending:
