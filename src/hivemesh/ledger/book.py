@@ -1,10 +1,11 @@
 """Posting balanced entries inside one write transaction.
 
-A ``Book`` belongs to one transaction. The caller first ``lock``s every account the call will touch, then
-``post``s its entries once. The lock order is fixed for every transaction in the ledger, which is what keeps
+A ``Book`` belongs to one transaction. The caller first ``lock``s every account the call will touch (or locks
+those that exist and ``create``s the rest before posting), then ``post``s its entries once. The lock order is fixed for every transaction in the ledger, which is what keeps
 concurrent PostgreSQL transactions from deadlocking:
 
-1. the call's own rows (``sessions``, ``holds``, ``stakes``) -- taken by the operation before ``lock``;
+1. the call's own rows, taken by the operation before ``lock``: ``sessions`` (sorted), then ``holds`` (sorted),
+   then ``api_keys`` (sorted) -- a batch of holds (``holds.py``) takes all three in this order -- or ``stakes``;
 2. account rows, ``SELECT ... FOR UPDATE ORDER BY address``; then accounts that do not exist yet are inserted
    (ON CONFLICT DO NOTHING, in sorted order). A new row is locked by its creator until commit; if another
    transaction created one first, locking it now could invert the order, so the whole call is rolled back and
