@@ -11,6 +11,11 @@ body (captured from a real request, so the same size). Optionally a LiteLLM prox
     in this process (pre-encoded request, parses only status line and framing). The load generator shares
     the machine's cores with the servers: that is part of the figure.
 (c) peer: the same two measurements through LiteLLM's proxy (its own venv: --litellm-python).
+(d) billed (unless --no-billed): the same router with a ledger key (reserve before, settle after): its default
+    session (topped up from the account) and a funded custom session, k=1; and k=3 exact sessions for the admin
+    and the ledger key. Three instant miners, staked for pool 1 (billed work goes to staked nodes only), serve
+    every target then. Each billed target's router CPU/request is compared with its unbilled twin (target
+    <= 1.3x); ``bench.billed`` measures the same cells in interleaved rounds, in modes none and token.
 
     python -m bench.overhead [--requests 2000] [--concurrency 32] [--duration 10] [--profile]
 """
@@ -52,6 +57,7 @@ from bench._common import (
     wait_until,
     warn_if_busy,
 )
+from bench.billed import MINER_POOL, setup_keys, stake_miners
 
 HOST = "127.0.0.1"
 PATH = "/v1/chat/completions"
@@ -84,6 +90,8 @@ class Target:
         self.cpu: dict[str, float] = {}
         self.watch: list[Proc] = [proc] if proc else []  # server-side processes whose CPU this target costs
         self.seq_cpu_s = 0.0
+        self.headers = {"Authorization": "Bearer sk-bench"}
+        self.twin: Target | None = None  # a billed target's unbilled twin
 
 
 # ---------------------------------------------------------------------------------------------- litellm
@@ -177,9 +185,7 @@ def start_litellm(procs: Procs, py: str, tmp: Path, upstream_port: int, timeout:
 
 def sequential(targets: list[Target], body: bytes, n: int, warmup: int, rounds: int) -> None:
     """One request in flight; targets interleaved in ``rounds`` blocks so drift hits them all alike."""
-    clients = {
-        t.name: SeqClient(HOST, t.port, PATH, body, {"Authorization": "Bearer sk-bench"}) for t in targets
-    }
+    clients = {t.name: SeqClient(HOST, t.port, PATH, body, t.headers) for t in targets}
     try:
         for t in targets:
             for _ in range(warmup):
@@ -207,7 +213,7 @@ def sequential(targets: list[Target], body: bytes, n: int, warmup: int, rounds: 
 def throughput(
     t: Target, body: bytes, procs_cpu: list[Proc], concurrency: int, duration: float, warmup: float
 ) -> None:
-    req = http_request_bytes(HOST, t.port, PATH, body, {"Authorization": "Bearer sk-bench"})
+    req = http_request_bytes(HOST, t.port, PATH, body, t.headers)
     before = {p.name: p.cpu_seconds() for p in procs_cpu}
     wall0 = time.monotonic()
     t.load = run_load(HOST, t.port, req, concurrency, duration, warmup)
@@ -279,6 +285,33 @@ def load_table(targets: list[Target], concurrency: int, duration: float) -> Tabl
     return tb
 
 
+def billed_table(billed: list[Target], router: Proc) -> Table:
+    """(d): each billed target against its unbilled twin: req/s and the router's CPU per request (under load)."""
+    tb = Table(title="(d) billed vs unbilled (router CPU per request under load; target <= 1.3x)")
+    for col in ("target", "req/s", "x unbilled", "router CPU ms/req", "x unbilled", "non-200"):
+        tb.add_column(col, justify="left" if col == "target" else "right")
+
+    def per_req(t: Target) -> float:
+        return (
+            t.cpu.get(router.name, 0.0) / 100.0 / t.load.rps * 1000 if t.load and t.load.rps else float("nan")
+        )
+
+    for t in billed:
+        rps = t.load.rps if t.load else 0.0
+        twin = t.twin
+        twin_rps = twin.load.rps if twin is not None and twin.load else 0.0
+        bad = {k: v for k, v in (t.load.statuses if t.load else {}).items() if k != 200}
+        tb.add_row(
+            t.name,
+            f"{rps:.0f}",
+            f"{rps / twin_rps:.2f}" if twin_rps else "-",
+            f"{per_req(t):.2f}",
+            f"{per_req(t) / per_req(twin):.2f}" if twin is not None else "-",
+            ", ".join(f"{k}: {v}" for k, v in sorted(bad.items())) or "-",
+        )
+    return tb
+
+
 def cpu_per_request_table(t: Target, duration: float) -> Table | None:
     if t.load is None or not t.load.ok:
         return None
@@ -305,6 +338,7 @@ def main() -> int:
         help="python of a venv with 'litellm[proxy]' (default: /tmp/litellm-venv/bin/python)",
     )
     ap.add_argument("--no-litellm", action="store_true", help="skip (c)")
+    ap.add_argument("--no-billed", action="store_true", help="skip (d): one unstaked miner, admin key only")
     ap.add_argument(
         "--profile",
         action="store_true",
@@ -341,6 +375,9 @@ def main() -> int:
         try:
             rport = free_port()
             t0 = time.monotonic()
+            router_dir = router_data_dir(tmp / "router")
+            if not args.no_billed:
+                stake_miners(router_dir, [tmp / "miner", tmp / "miner-2", tmp / "miner-3"])
             router = procs.start(
                 "router",
                 hivemesh_argv(
@@ -350,7 +387,7 @@ def main() -> int:
                     "--port",
                     str(rport),
                     "--data-dir",
-                    str(router_data_dir(tmp / "router")),
+                    str(router_dir),
                     "-k",
                     "1",
                     "-m",
@@ -363,19 +400,24 @@ def main() -> int:
                 ),
             )
             wait_healthz(HOST, rport, [router])
-            miner = procs.start(
-                "miner",
-                hivemesh_argv(
+            miner_dirs = [tmp / "miner", tmp / "miner-2", tmp / "miner-3"][: 1 if args.no_billed else 3]
+            miners: list[Proc] = []
+            for i, d in enumerate(miner_dirs):
+                pool = [] if args.no_billed else ["--pool", str(MINER_POOL)]
+                argv = [
                     "miner",
                     "--router",
                     f"http://{HOST}:{rport}",
                     "--engine",
                     "instant",
                     "--data-dir",
-                    str(tmp / "miner"),
-                ),
-            )
-            wait_healthz(HOST, rport, [router, miner], min_miners=1)
+                    str(d),
+                ]
+                miners.append(
+                    procs.start("miner" if i == 0 else f"miner-{i + 1}", hivemesh_argv(*argv, *pool))
+                )
+            miner = miners[0]
+            wait_healthz(HOST, rport, [router, *miners], min_miners=len(miners))
             console.print(
                 f"router + instant miner ready in {time.monotonic() - t0:.1f}s (router pid {router.pid}, miner pid {miner.pid})"
             )
@@ -407,8 +449,27 @@ def main() -> int:
 
             base = Target("baseline (bare ASGI)", bport, baseline, "uvicorn+httptools+uvloop, no app logic")
             hm = Target("hivemesh (router+miner)", rport, router, "k=1, mode none, no semantic")
-            hm.watch = [router, miner]
+            hm.watch = [router, *miners]
             targets = [base, hm]
+            billed: list[Target] = []
+            if not args.no_billed:
+                ids = setup_keys(rport)
+                user = {"Authorization": f"Bearer {ids['secret']}"}
+                k3 = Target(
+                    "hivemesh k=3 exact, admin key", rport, router, "k=3 quorum 3, mode exact, unbilled"
+                )
+                k3.headers = {**k3.headers, "x-hivemesh-session": ids["admin_k3"]}
+                for name, headers, twin in (
+                    ("hivemesh, ledger key, default session", user, hm),
+                    ("hivemesh, ledger key, funded session", {**user, "x-hivemesh-session": ids["k1"]}, hm),
+                    ("hivemesh k=3 exact, ledger key", {**user, "x-hivemesh-session": ids["k3"]}, k3),
+                ):
+                    t = Target(name, rport, router, "billed")
+                    t.headers, t.twin = headers, twin
+                    billed.append(t)
+                billed.insert(2, k3)
+                for t in billed:
+                    t.watch = [router, *miners]
             lite: Target | None = None
             if py:
                 try:
@@ -429,6 +490,7 @@ def main() -> int:
                     litellm_skip = f"litellm failed to start: {str(exc)[:500]}"
                     lite = None
 
+            targets += billed
             # (a)
             console.print(
                 f"(a) {args.requests} sequential requests per target, interleaved in {args.rounds} rounds ..."
@@ -451,14 +513,17 @@ def main() -> int:
             cpt = cpu_per_request_table(hm, args.duration)
             if cpt:
                 console.print(cpt)
+            if billed:
+                console.print(billed_table(billed, router))
             for t in targets:
                 if t.load and t.load.error_samples:
                     console.print(f"[yellow]{t.name} error samples: {t.load.error_samples}")
                 if t.seq_errors or (t.load and t.load.errors):
-                    for p in [t.proc] + ([miner] if t is hm else []):
-                        if p is not None:
+                    for shown in [t.proc] + ([miner] if t is hm else []):
+                        if shown is not None:
                             console.print(
-                                f"[yellow]--- last lines of {p.name}'s log:\n{p.tail(15)}", markup=False
+                                f"[yellow]--- last lines of {shown.name}'s log:\n{shown.tail(15)}",
+                                markup=False,
                             )
 
             b, h = Summary.of(base.seq), Summary.of(hm.seq)
