@@ -218,3 +218,15 @@ def test_under_load_every_answer_still_gets_its_verifier(network: Network) -> No
     verdicts = [r.model_extra["hivemesh"]["verdict"] for r in replies]
     assert verdicts == ["verified"] * 16
     assert [r.choices[0].message.content for r in replies] == [honest_answer(s) for s in range(16)]
+
+
+def test_an_answer_cut_at_max_tokens_is_verified_and_nobody_is_struck(network: Network) -> None:
+    network.start_router(defaults=TOKEN)
+    for name in ("a", "b"):
+        network.add_miner(name, engine_obj=InstantEngine(tokens=10))
+    r = network.client().chat.completions.create(
+        model="instant-echo", messages=PROMPT, temperature=0, seed=1, max_tokens=10
+    )
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 10
+    assert r.model_extra["hivemesh"]["verdict"] == "verified"
+    assert not strikes(network, "fraud") and not strikes(network, "garbage")

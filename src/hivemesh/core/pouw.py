@@ -400,7 +400,7 @@ class TokenPoUW:
         if not c.tokens and c.output:
             return self._gen_failed(gen, "no_tokens", strike="garbage", now=ev.now)
         if (
-            len(c.tokens) > self.policy.max_tokens + 1
+            len(c.tokens) > self.policy.max_tokens
             or c.usage.completion_tokens > self.policy.max_tokens
             or len(c.output) > self.policy.max_tokens * MAX_CHARS_PER_TOKEN
         ):

@@ -52,13 +52,15 @@ class InstantEngine:
         return None
 
     def _answer(self, request: GenerationRequest) -> tuple[list[int], int]:
-        """The token ids this request produces (ending with EOS when the answer is complete) and the prompt's
-        length in tokens."""
+        """The token ids this request produces and the prompt's length in tokens. The answer is ``tokens`` words
+        and then EOS; like a real model's, the EOS counts against ``max_tokens`` (a claim never holds more ids than
+        ``max_tokens``), so an answer cut at ``max_tokens`` ends without it, with finish "length"."""
         text_in = request.prompt or "\n".join(m.content for m in request.messages)
         h = hashlib.sha256(f"{request.model}|{request.params.seed}|{text_in}".encode()).digest()
         n = min(self.tokens, request.params.max_tokens)
         ids = [h[i % len(h)] % len(WORDS) for i in range(n)]
-        return (ids if n < self.tokens else [*ids, EOS]), max(1, len(text_in.split()))
+        complete = self.tokens < request.params.max_tokens
+        return ([*ids, EOS] if complete else ids), max(1, len(text_in.split()))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         ids, prompt_tokens = self._answer(request)
