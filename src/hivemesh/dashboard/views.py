@@ -320,15 +320,26 @@ def _amount(value: int) -> str:
     return str(int(value))
 
 
-def _entry_json(e: Any) -> dict[str, Any]:
+NODE_ENTRIES = frozenset({"payout", "stake", "unstake", "slash", "reward"})  # their addresses are nodes: public
+
+
+def _shown(account: str, kind: str, nodes: Any) -> str:
+    """A user's address is never shown whole on the public dashboard (``0x1234…abcd``); nodes' addresses are
+    public (they are on the node pages), as are the ledger's own accounts (treasury, hold:..., world)."""
+    if not (account.startswith("0x") and len(account) == 42) or kind in NODE_ENTRIES or account in nodes:
+        return account
+    return f"{account[:6]}…{account[-4:]}"
+
+
+def _entry_json(e: Any, nodes: Any = ()) -> dict[str, Any]:
     return {
         "id": e.id,
         "at": e.ts.timestamp(),
         "kind": e.kind,
         "reason": e.reason,
         "amount": _amount(e.amount),
-        "from": [{"account": a, "amount": _amount(-d)} for a, d in e.postings if d < 0],
-        "to": [{"account": a, "amount": _amount(d)} for a, d in e.postings if d > 0],
+        "from": [{"account": _shown(a, e.kind, nodes), "amount": _amount(-d)} for a, d in e.postings if d < 0],
+        "to": [{"account": _shown(a, e.kind, nodes), "amount": _amount(d)} for a, d in e.postings if d > 0],
         "session_id": e.session_id,
         "task_id": e.task_id,
         "node": e.node,
@@ -360,7 +371,7 @@ async def payments(src: DashboardSource, limit: int = 50) -> dict[str, Any]:
             "staked": _amount(by_kind["stake"] + by_kind["unstaking"]),
             "deposited": _amount(-by_kind["world"]),  # deposits minus withdrawals: the sum of all the above
         },
-        "entries": [_entry_json(e) for e in entries],
+        "entries": [_entry_json(e, links) for e in entries],
         "top_nodes": [
             {"address": a, "balance": _amount(bal), "earned": _amount(earned), "online": a in links}
             for a, bal, earned in top
