@@ -81,6 +81,7 @@ class Network:
     service: Any = None
     miners: dict[str, Future[Any]] = field(default_factory=dict)
     agents: dict[str, Any] = field(default_factory=dict)
+    engines: dict[str, Any] = field(default_factory=dict)  # engines the fixture built (closed with their miner)
     _router: asyncio.Future[Any] | None = None
     _router_cfg: RouterConfig | None = None
     _embedder: Any = None
@@ -155,6 +156,8 @@ class Network:
             identity = Identity.load_or_create(cfg.data_dir / "node.key")
             eng = engine_obj or build_engine(cfg)
             await eng.start()
+            if engine_obj is None:
+                self.engines[name] = eng
             agent = MinerAgent(cfg, identity, eng)
             joined = asyncio.Event()
             task = asyncio.ensure_future(agent.run(joined.set))
@@ -181,11 +184,14 @@ class Network:
 
     def kill_miner(self, name: str) -> None:
         task = self.miners.pop(name)
+        engine = self.engines.pop(name, None)
 
         async def kill() -> None:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+            if engine is not None:  # e.g. an upstream engine's HTTP client: no socket left to the GC
+                await engine.close()
 
         self.lt.run(kill())
 

@@ -63,21 +63,40 @@ def fraud_strikes(network: Network, node: str) -> int:
     return network.lt.run(read())
 
 
-def honest_text(network: Network, prompt: str) -> str:
-    """What an honest miner generates for ``prompt`` (greedy, 24 tokens): its engine, on the network's loop."""
-    from hivemesh.engines.base import GenerationRequest, Piece
-    from hivemesh.protocol.wire import ChatMessage, SamplingParams
+def honest_accepts(network: Network, prompt: str, text: str) -> bool:
+    """Whether an honest engine (not the one that verified it) accepts ``text`` as its own greedy answer, within
+    the tolerance: a claim may differ from the honest greedy text only at near ties (bounded by the cap and the
+    allowance), e.g. a first token within half a logit of the honest pick."""
+    from hivemesh.core.verdict import Claim, Tolerance, judge
+    from hivemesh.engines.base import GenerationRequest, VerifyRequest
+    from hivemesh.protocol.wire import ChatMessage, Evidence, SamplingParams
 
     engine = network.agents["honest-0"].engine
+    params = SamplingParams(temperature=0.0, seed=1, max_tokens=24)
     req = GenerationRequest(
-        model=MODEL,
-        kind="chat",
-        params=SamplingParams(temperature=0.0, seed=1, max_tokens=24),
-        messages=(ChatMessage(role="user", content=prompt),),
+        model=MODEL, kind="chat", params=params, messages=(ChatMessage(role="user", content=prompt),)
     )
 
-    async def run() -> str:
-        return "".join([ev.text async for ev in engine.generate(req) if isinstance(ev, Piece)])
+    async def run() -> bool:
+        llm = engine._llm
+        ids = llm.tokenize(text.encode(), add_bos=False, special=False)
+        finish = "length" if len(ids) >= params.max_tokens else "stop"
+        tokens = tuple(ids if finish == "length" else [*ids, llm.token_eos()])
+        c = await engine.verify(VerifyRequest(req, tokens, text, finish))  # type: ignore[arg-type]
+        ev = Evidence(
+            task_id="t",
+            node="0x0",
+            picks=c.picks,
+            margins=c.margins,
+            ranks=c.ranks,
+            logprobs=c.logprobs,
+            text_ok=c.text_ok,
+            prompt_tokens=c.prompt_tokens,
+            context_length=c.context_length,
+            problem=c.problem,
+            elapsed_ms=0,
+        )
+        return judge(Claim(tokens, finish, params.max_tokens), ev, Tolerance()).accepted  # type: ignore[arg-type]
 
     return network.lt.run(run())
 
@@ -106,8 +125,11 @@ def attack(network: Network, name: str, engine: AttackEngine, *, every_claim_che
                 break
         assert cheats >= 1, f"{name} never cheated as generator in {MAX_TASKS} tasks"
         assert fraud_strikes(network, node) >= 1
-        for prompt, text in served_by_attacker:  # verified answers of the attacker must be the honest ones
-            assert text == honest_text(network, prompt)
+        for (
+            prompt,
+            text,
+        ) in served_by_attacker:  # a verified answer of the attacker passes an independent check
+            assert honest_accepts(network, prompt, text), (prompt, text)
     finally:
         network.kill_miner(name)
 

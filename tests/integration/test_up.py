@@ -74,8 +74,10 @@ def test_up_starts_a_verified_network_and_stops_cleanly(tmp_path: Path) -> None:
         )
         assert "Paris" in (r.choices[0].message.content or "")
         block = r.model_extra["hivemesh"]
-        assert block["mode"] == "semantic" and len(block["miners"]) == 3  # the defaults: k=3, m=2, semantic
-        assert block["verdict"] == "verified"
+        # the default: token verification, one generator checked by one other miner
+        assert block["mode"] == "token" and block["verdict"] == "verified"
+        assert len(block["verifiers"]) == 1 and block["generator"] not in block["verifiers"]
+        assert block["evidence"]["checks"][0]["checked"] >= r.usage.completion_tokens
         assert r.usage.prompt_tokens > 10 and 0 < r.usage.completion_tokens <= 30
 
         chunks = list(
@@ -90,7 +92,7 @@ def test_up_starts_a_verified_network_and_stops_cleanly(tmp_path: Path) -> None:
         )
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text and chunks[-1].usage is not None
-        assert chunks[-1].model_extra["hivemesh"]["verdict"] in ("verified", "disputed")
+        assert chunks[-1].model_extra["hivemesh"]["verdict"] == "verified"
         # the key is required
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=exports["OPENAI_BASE_URL"], api_key="wrong", max_retries=0).models.list()

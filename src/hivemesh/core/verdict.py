@@ -26,7 +26,8 @@ that applies decides, and ``fault`` says whose failure a rejection is:
 8. ``token_mismatch`` (generator): some margin exceeds ``tolerance.margin``; the position is the first such one.
    A single such position is a proof on its own, so it wins over rule 9 wherever it lies.
 9. ``too_many_near_ties`` (generator): more positions than ``tolerance.cap(n)`` use the tolerance (claimed token
-   not the pick, margin within tolerance); the position is the one where the cap was exceeded.
+   not the pick, margin within tolerance), or their margins sum to more than ``tolerance.allowance(n)``; the
+   position is the one where the cap or the allowance was exceeded.
 
 Otherwise the answer is accepted (``ok``, fault ``none``). The statistics (``checked``, ``tolerated``,
 ``max_margin``, ``mean_logprob``) cover every position whenever the evidence has columns, whatever the reason.
@@ -108,6 +109,11 @@ class Tolerance:
     # ... but never fewer than this many positions, so short honest answers survive a few flips (P(> 6) ~ 3e-4
     # at 48 tokens).
     cap_min: int = 6
+    # Summed margin (logits) the tolerated positions of one answer may use together: honest near ties are small
+    # (p50 0.06-0.08), so their sum stays well under a logit, while another model's answer differs at several
+    # positions by half a logit or more each. ``max(budget, budget_per_token * n)``.
+    budget: float = 1.0
+    budget_per_token: float = 0.01
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.margin) and self.margin >= 0.0):
@@ -116,10 +122,16 @@ class Tolerance:
             raise ValueError(f"cap_fraction must be in [0, 1], got {self.cap_fraction!r}")
         if self.cap_min < 0:
             raise ValueError(f"cap_min must be >= 0, got {self.cap_min}")
+        if not all(math.isfinite(b) and b >= 0.0 for b in (self.budget, self.budget_per_token)):
+            raise ValueError(f"budget and budget_per_token must be finite and >= 0, got {self.budget!r}")
 
     def cap(self, n: int) -> int:
         """How many of ``n`` positions may use the tolerance: ``max(cap_min, floor(cap_fraction * n))``."""
         return max(self.cap_min, math.floor(self.cap_fraction * n))
+
+    def allowance(self, n: int) -> float:
+        """The summed margin the tolerated positions of ``n`` may use: ``max(budget, budget_per_token * n)``."""
+        return max(self.budget, self.budget_per_token * n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,12 +202,13 @@ def judge(claim: Claim, evidence: Evidence, tolerance: Tolerance | None = None) 
     for i, m in enumerate(evidence.margins):
         if m > tol.margin:
             return verdict("generator", "token_mismatch", i)
-    cap = tol.cap(n)
-    used = 0
-    for i, (c, p) in enumerate(zip(claim.tokens, evidence.picks, strict=True)):
+    cap, allowance = tol.cap(n), tol.allowance(n)
+    used, spent = 0, 0.0
+    for i, (c, p, m) in enumerate(zip(claim.tokens, evidence.picks, evidence.margins, strict=True)):
         if c != p:
             used += 1
-            if used > cap:
+            spent += m
+            if used > cap or spent > allowance:
                 return verdict("generator", "too_many_near_ties", i)
     return verdict("none", "ok")
 

@@ -24,7 +24,9 @@ from hivemesh.core.verdict import (
 )
 from hivemesh.protocol.wire import Commit, Evidence, FinishReason, NodeId, SamplingParams, TaskId, Usage
 
-TOL = Tolerance(margin=1.0, cap_fraction=0.05, cap_min=2)
+TOL = Tolerance(
+    margin=1.0, cap_fraction=0.05, cap_min=2, budget=100.0
+)  # the count rules alone (budget: own test)
 EOS = 2
 
 
@@ -329,7 +331,13 @@ def test_a_token_mismatch_proof_names_the_position_and_the_numbers() -> None:
         "rank": 2,
         "logprob": -1.5,
     }
-    assert proof["tolerance"] == {"margin": 1.0, "cap_fraction": 0.05, "cap_min": 2}
+    assert proof["tolerance"] == {
+        "margin": 1.0,
+        "cap_fraction": 0.05,
+        "cap_min": 2,
+        "budget": 100.0,
+        "budget_per_token": 0.01,
+    }
     assert (proof["task_id"], proof["generator"], proof["verifier"]) == ("t1", "0xgen", "0xver")
     json.dumps(proof)  # it goes into the task record as JSON
 
@@ -445,7 +453,8 @@ def test_a_tolerance_out_of_range_is_refused(kwargs: dict[str, float]) -> None:
 def test_never_accepts_when_a_margin_exceeds_the_tolerance(
     margins: list[float], threshold: float, finish: FinishReason
 ) -> None:
-    tol = Tolerance(margin=threshold, cap_fraction=1.0, cap_min=len(margins))  # no cap: only margins decide
+    # no cap, no allowance: only margins decide
+    tol = Tolerance(margin=threshold, cap_fraction=1.0, cap_min=len(margins), budget=1e9)
     c = claim(range(100, 100 + len(margins)), finish, max_tokens=len(margins))
     e = evidence(c, flips={i: m for i, m in enumerate(margins) if m > 0.0})
     v = judge(c, e, tol)
@@ -455,3 +464,17 @@ def test_never_accepts_when_a_margin_exceeds_the_tolerance(
         assert v.position == next(i for i, m in enumerate(margins) if m > threshold)
     else:
         assert v.accepted
+
+
+def test_near_ties_whose_margins_add_up_past_the_allowance_are_rejected_where_it_is_crossed() -> None:
+    tol = Tolerance(margin=0.75, cap_fraction=0.11, cap_min=6, budget=1.0, budget_per_token=0.01)
+    c = answer(24)
+    honest = judge(c, evidence(c, flips={3: 0.1, 9: 0.3, 17: 0.2}), tol)  # noise: small, few
+    assert honest.accepted and honest.tolerated == 3
+    other_model = judge(c, evidence(c, flips={2: 0.5, 7: 0.6, 11: 0.4}), tol)  # each within the margin
+    assert (other_model.fault, other_model.reason, other_model.position) == (
+        "generator",
+        "too_many_near_ties",
+        7,
+    )
+    assert tol.allowance(24) == 1.0 and tol.allowance(300) == 3.0
