@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import sys
 import threading
 import time
@@ -100,7 +99,7 @@ def avoid_repack_crash() -> None:
 def perturbed_model(cache_dir: Path, *, src: Path | None = None, scale: float = 0.15, seed: int = 0) -> Path:
     """A copy of the GGUF with every ``ffn_norm.weight`` element scaled by ``1 + scale * N(0, 1)`` (seeded),
     written once into ``cache_dir`` (atomically: a half-written copy is never used)."""
-    from gguf import GGUFReader
+    from tests.perturbed import perturb  # the same edit the tests' perturbed-model fixture makes
 
     src = src or default_model_path()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -108,22 +107,11 @@ def perturbed_model(cache_dir: Path, *, src: Path | None = None, scale: float = 
     if dst.exists():
         return dst
     tmp = dst.with_name(f"{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    shutil.copyfile(src, tmp)
-    reader = GGUFReader(tmp, "r+")
-    rng = np.random.default_rng(seed)
-    edited = 0
-    for tensor in reader.tensors:
-        if tensor.name.endswith("ffn_norm.weight"):
-            data = tensor.data
-            if data.dtype != np.float32:
-                raise ValueError(f"{tensor.name} is {data.dtype}, expected float32")
-            data *= (1.0 + scale * rng.standard_normal(data.shape)).astype(np.float32)
-            edited += 1
-    if not edited:
-        tmp.unlink()
-        raise ValueError(f"{src.name} has no ffn_norm.weight tensors")
-    reader.data.flush()
-    del reader
+    try:
+        perturb(src, tmp, scale=scale, seed=seed)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, dst)
     return dst
 
