@@ -1,4 +1,5 @@
-"""Fixtures for the browser tests: Debian's Chromium driven by Playwright (no browser download)."""
+"""Fixtures for the integration tests: Debian's Chromium driven by Playwright (no browser download) for the
+browser tests, and the real servers of ``servers.py`` (PostgreSQL, Redis) for every directory below."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integration.servers import pg_database, pg_server, redis_server, redis_url
+
+__all__ = ["pg_database", "pg_server", "redis_server", "redis_url"]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
