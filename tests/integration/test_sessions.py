@@ -60,7 +60,12 @@ def test_session_lifecycle_and_submission(net: Network) -> None:
         for m in task["miners"]:
             assert m["status"] == "committed" and m["in_consensus"] is True
             assert m["precommit"] and m["precommit_at"] <= m["commit_at"]
-        assert sorted(task["candidates"]) == sorted(x["node"] for x in c.get("/miners").json()["data"])
+        # the task row keeps the draw's audit, not every eligible node: the nodes read, in order, and the seed
+        # and digest of the eligible set they were drawn from (core.pool_index.replay checks it)
+        assert task["candidates"] == [m["node"] for m in sorted(task["miners"], key=lambda m: m["slot"])]
+        draw = task["draw"]
+        assert draw["taken"] == task["candidates"] and str(draw["seed"]) == task["shuffle_seed"]
+        assert draw["eligible"] == len(c.get("/miners").json()["data"]) == 3 and len(draw["digest"]) == 64
 
         assert c.delete(f"/sessions/{sid}").json()["active"] is False
         r = c.post(f"/completions/{sid}", json={"prompt": "x"})

@@ -31,7 +31,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from hivemesh.errors import BadSignature
 from hivemesh.identity import Identity, verify
 from hivemesh.protocol import wire
+from hivemesh.router.pool import Eligibility, NodePool, PoolClass, Role
 from hivemesh.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ FRAME_RATE_PER_TASK = (
     1_000.0  # more frames/s per task in flight (a Delta per token: no engine streams this fast)
 )
 FRAME_BURST = 5_000.0  # frames a connection may send at once above its rate
+
+
+_POOLED = frozenset({"inflight", "finished", "pool", "validated", "closed", "capacity"})
 
 
 class TaskSink(Protocol):
@@ -83,6 +87,12 @@ class MinerLink:
     validated: bool = False  # passed a validator's check since this connection's hello (see ``serving``)
     allowance: float = FRAME_BURST  # frames it may still send now (a token bucket refilled at its rate)
     refilled_at: float = field(default_factory=time.monotonic)
+    on_change: Callable[[MinerLink], None] | None = field(default=None, repr=False)  # the node pool's update
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _POOLED and (cb := getattr(self, "on_change", None)) is not None:
+            cb(self)  # whoever changes what the node pool weighs or judges (a validator's verdict too)
 
     def spend_frame(self) -> bool:
         """Take one frame from the connection's allowance; False once it sends faster than its rate allows."""
@@ -127,6 +137,11 @@ class MinerHub:
         self.validation_until = (
             0.0  # while a validator holds a live lease (unix time): user work needs validated nodes
         )
+        self.pool = NodePool(
+            lambda: self.links.values(),
+            judge=lambda: self.reputation,
+            stake_checked=lambda: self.admit is not None,
+        )
 
     # ------------------------------------------------------------------ queries used by the scheduler
 
@@ -157,6 +172,45 @@ class MinerHub:
         gated = not network and time.time() < self.validation_until
         out = [ln for ln in out if ln.validated or not gated]
         return [ln for ln in out if (network or not rep.is_quarantined(ln.node)) and rep.fits(ln.node, sla)]
+
+    def eligibility(
+        self,
+        model: str,
+        sla: str | None = None,
+        *,
+        network: bool = False,
+        billed: bool = False,
+        role: Role = "any",
+    ) -> Eligibility:
+        """The node pool class of a task (``serving``'s rules, as an index key)."""
+        scored = sla is not None and self.reputation is not None
+        return Eligibility(
+            model=model,
+            sla=sla if scored else None,
+            network=network,
+            billed=billed and not network and self.admit is not None,
+            gated=scored and not network and time.time() < self.validation_until,
+            role=role,
+        )
+
+    def eligible(self, key: Eligibility) -> PoolClass:
+        """The nodes of ``key``'s class (``members``) and the free ones ready to draw from (``index``)."""
+        return self.pool.get(key)
+
+    def link(self, node: str) -> MinerLink | None:
+        link = self.links.get(node)
+        return None if link is None or link.closed else link
+
+    def rescore(self, nodes: Iterable[str]) -> None:
+        """Reputation changed for ``nodes`` (a task ended): move them in the node pool's indexes."""
+        for node in nodes:
+            if (link := self.links.get(node)) is not None:
+                self.pool.update(link)
+
+    def resync(self) -> None:
+        """Re-judge every node (rolling score windows, a validator's verdicts): the scheduler calls it now and
+        then."""
+        self.pool.resync(list(self.links.values()))
 
     def reserve(self, node: str) -> MinerLink | None:
         link = self.links.get(node)
@@ -219,6 +273,8 @@ class MinerHub:
         if old is not None:  # the same node reconnected: the new connection wins
             await self._drop(old, "replaced by a new connection")
         self.links[node] = link
+        link.on_change = self.pool.update
+        self.pool.joined(link)
         if len(self.known_models) < MAX_KNOWN_MODELS:  # a hostile miner cannot grow it without bound
             self.known_models.update(list(link.models)[: MAX_KNOWN_MODELS - len(self.known_models)])
         await self.store.upsert_node(
@@ -311,9 +367,11 @@ class MinerHub:
     async def _drop(self, link: MinerLink, why: str) -> None:
         if link.closed:
             return
+        link.on_change = None  # the node may have a newer connection: the pool hears of this one only here
         link.closed = True
         if self.links.get(link.node) is link:
             del self.links[link.node]
+            self.pool.left(link)
         log.info("miner left node=%s reason=%s", link.node, why)
         if not self.shutting_down:
             for run in list(self.runs.values()):

@@ -3,7 +3,9 @@
 A ``TaskRun`` owns k slots (one miner each). Miners' messages arrive through the hub as events; deadlines are
 checked between events. A slot that misses a deadline, disconnects, reveals something other than it precommitted,
 or streams text it does not commit to, fails with that reason and is replaced by the next node of the seeded
-shuffle, so a task is never dropped while eligible miners exist.
+shuffle, so a task is never dropped while eligible miners exist. The shuffle is drawn from the hub's node pool index
+of the task's class (``draw_for``): O(k log n), read lazily, recorded as its audit (seed, eligible set digest, the
+nodes read) rather than as every eligible node.
 
 The answer is delivered (``answer`` future, or the stream queue) as soon as a quorum agrees; the run then waits
 for the remaining slots so that every miner's dissent or timeout lands on the record.
@@ -14,15 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from hivemesh.core.agreement import Decision, Mode, Reveal, decide
+from hivemesh.core.pool_index import Draw, PoolIndex
 from hivemesh.core.pouw import MAX_CHARS_PER_TOKEN
 from hivemesh.core.reputation import Counters
-from hivemesh.core.selection import Candidate, rank
 from hivemesh.errors import ContextTooLong, HivemeshError, NoMinerAvailable, UpstreamFailed
 from hivemesh.identity import Identity
 from hivemesh.protocol import wire
@@ -30,6 +33,7 @@ from hivemesh.protocol.wire import NodeId
 from hivemesh.router.billing import billed
 from hivemesh.router.domain import Outcome, TaskSpec, Verdict
 from hivemesh.router.hub import MinerHub, MinerLink
+from hivemesh.router.pool import Role
 from hivemesh.router.record import ROW_DELAY_S, TaskRecord
 from hivemesh.store.db import Store
 
@@ -102,7 +106,7 @@ class TaskRun:
         )
         self.events: asyncio.Queue[tuple[str, wire.FromMiner | None]] = asyncio.Queue()
         self.slots: dict[str, Slot] = {}
-        self.order: list[str] = []
+        self.draw: Draw = PoolIndex().draw(spec.shuffle_seed)  # the seeded shuffle of eligible nodes (begin)
         self.reveals: list[tuple[Slot, wire.Commit]] = []
         self.vectors: list[np.ndarray] = []
         self.answer: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -174,38 +178,26 @@ class TaskRun:
         """Pick and reserve the first k miners, synchronously: called by the scheduler at admission, so no other
         task can take the same capacity in between. Raises NoMinerAvailable if no miner has room."""
         spec = self.spec
-        serving = self.hub.serving(
-            spec.model, spec.session.sla, network=spec.network, billed=billed(spec.session.owner)
-        )
-        if spec.target is not None:
-            serving = [ln for ln in serving if ln.node == spec.target]
-        cands = [
-            Candidate(
-                node=NodeId(ln.node),
-                score=self.hub.score(ln.node),
-                free=max(ln.free, 0) or 1,
-                capacity=ln.capacity,
-                record=ln.finished,
-            )
-            for ln in serving
-        ]
-        self.order = list(rank(cands, spec.shuffle_seed))  # the router's seed: a user cannot steer the draw
-        self.k = min(self.k, len(self.order)) or 1
+        self.draw, eligible = draw_for(self.hub, spec)  # the router's seed: a user cannot steer the draw
+        self.k = min(self.k, len(eligible)) or 1
         self.immediate = self.k == 1 and self.mode == "none"
-        self.record.task(candidates=list(self.order))
         while len(self.slots) < self.k and self._reserve_next() is not None:
             pass
+        self.record.task(**self._draw_record())
         if not self.slots:
             raise NoMinerAvailable(f"no miner serving {spec.model!r} has free capacity", retry_after=1)
         self.hub.runs[spec.id] = self
+
+    def _draw_record(self) -> dict[str, Any]:
+        """The draw as the task row keeps it: the nodes read so far, in order, and what audits the draw."""
+        return {"candidates": list(self.draw.taken), "draw": self.draw.audit().to_json()}
 
     async def _start(self) -> None:
         for slot in list(self.slots.values()):
             await self._send_assign(slot)
 
     def _reserve_next(self) -> Slot | None:
-        while self.order:
-            node = self.order.pop(0)
+        for node in self.draw:  # the seeded shuffle, read as far as needed
             link = self.hub.reserve(node)
             if link is None:
                 continue
@@ -376,7 +368,7 @@ class TaskRun:
         if not self.answer.done():
             # replace failed slots while the answer is open
             live = sum(1 for sl in self.slots.values() if sl.status in PENDING or sl.status == "committed")
-            while live < self.k and self.order:
+            while live < self.k:
                 if not await self._assign_next():
                     break
                 self.record.event("swapped", None, live=live)
@@ -547,6 +539,7 @@ class TaskRun:
             "completion_tokens": outcome.usage.completion_tokens,
             "result": outcome.verification(),
             "finished_at": now if phase == "ended" else None,
+            **self._draw_record(),
         }
 
     def _score(self, consensus: set[str], *, none_mode: bool = False, judged: bool = True) -> None:
@@ -585,13 +578,14 @@ class TaskRun:
                 else (c is not None and (agree or none_mode))
             )
             self.reputation.record(sl.node, delta, success, task_id=self.spec.id)
+        self.hub.rescore(self.slots)
 
     async def _fail(self, exc: HivemeshError) -> None:
         self.error = exc
         log.warning("task failed task_id=%s reason=%s", self.spec.id, exc.message)
         self._score(set())
         self.record.event("failed", None, reason=exc.message)
-        self.record.task(phase="failed", error=exc.message, finished_at=time.time())
+        self.record.task(phase="failed", error=exc.message, finished_at=time.time(), **self._draw_record())
         try:
             await self.record.persist()
         finally:
@@ -625,3 +619,21 @@ class TaskRun:
 
     def _release(self, slot: Slot) -> None:
         self.hub.release(slot.link)
+
+
+def draw_for(
+    hub: MinerHub, spec: TaskSpec, *, role: Role = "any", seed: int | None = None
+) -> tuple[Draw, Collection[str]]:
+    """The seeded shuffle of the nodes eligible for ``spec`` with a free slot now (a frozen snapshot of the hub's
+    node pool index: O(1) to take, O(log n) per node read), and every node eligible for it, busy or not."""
+    key = hub.eligibility(
+        spec.model, spec.session.sla, network=spec.network, billed=billed(spec.session.owner), role=role
+    )
+    cls = hub.eligible(key)
+    seed = spec.shuffle_seed if seed is None else seed
+    if spec.target is None:
+        return cls.index.draw(seed), cls.members
+    link = hub.link(spec.target) if spec.target in cls.members else None
+    if link is None:
+        return PoolIndex().draw(seed), ()
+    return PoolIndex([hub.pool.candidate(link)]).draw(seed), (spec.target,)

@@ -1,6 +1,7 @@
 """The session queue: one FIFO per session, and a global scheduler that starts tasks fairly across sessions.
 
-A task starts when enough distinct miners serving its model have free capacity (min(k, miners serving it)); the
+A task starts when enough distinct miners eligible for it have free capacity (min(k, eligible miners); counted by
+the hub's node pool indexes, O(1), never by a scan of the connected miners); the
 hub's capacity accounting guarantees no miner ever holds more concurrent tasks than it advertised. Sessions are
 served round-robin, so one busy session cannot starve another. A task that waits past the queue timeout fails
 with 503; a model no connected miner serves fails at once with 503 too (the model may come back).
@@ -19,9 +20,11 @@ from dataclasses import dataclass, field
 from hivemesh.errors import NoMinerAvailable
 from hivemesh.router.billing import billed
 from hivemesh.router.domain import TaskSpec
-from hivemesh.router.hub import MinerHub, MinerLink
+from hivemesh.router.hub import MinerHub
+from hivemesh.router.pool import PoolClass
 
 log = logging.getLogger(__name__)
+RESYNC_S = 5.0  # how often every node is judged again (scores' rolling windows, validators' verdicts)
 
 
 @dataclass(eq=False)
@@ -57,27 +60,33 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
 
-    def eligible(self, spec: TaskSpec) -> list[MinerLink]:
-        serving = self.hub.serving(
-            spec.model, spec.session.sla, network=spec.network, billed=billed(spec.session.owner)
+    def eligible(self, spec: TaskSpec) -> PoolClass:
+        """The node pool class the task draws from (``members``: eligible; ``index``: those with a free slot)."""
+        return self.hub.eligible(
+            self.hub.eligibility(
+                spec.model, spec.session.sla, network=spec.network, billed=billed(spec.session.owner)
+            )
         )
-        if spec.target is not None:
-            serving = [ln for ln in serving if ln.node == spec.target]
-        return serving
+
+    def has_eligible(self, spec: TaskSpec) -> bool:
+        cls = self.eligible(spec)
+        return spec.target in cls.members if spec.target is not None else len(cls) > 0
 
     def ready(self, spec: TaskSpec) -> bool:
-        serving = self.eligible(spec)
-        if not serving:
+        cls = self.eligible(spec)
+        if spec.target is not None:
+            link = self.hub.link(spec.target) if spec.target in cls.members else None
+            return link is not None and link.free >= 1
+        if not cls.members:
             return False
-        need = min(spec.session.generators, len(serving))
-        return sum(1 for ln in serving if ln.free >= 1) >= need
+        return cls.free >= min(spec.session.generators, len(cls))
 
     async def enqueue(self, ticket: Ticket) -> None:
         """Queue a task and return once it has started (or raise NoMinerAvailable)."""
         spec = ticket.spec
-        if not self.hub.serving(spec.model):
+        if not self.hub.pool.serves(spec.model):
             raise NoMinerAvailable(f"no connected miner serves {spec.model!r}", retry_after=5)
-        if not self.eligible(spec):
+        if not self.has_eligible(spec):
             if spec.target is not None:
                 raise NoMinerAvailable(
                     f"node {spec.target} is not connected or does not serve {spec.model!r}"
@@ -98,6 +107,8 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=0.5)
             self._wake.clear()
+            if time.monotonic() - self.hub.pool.synced_at > RESYNC_S:
+                self.hub.resync()
             await self._dispatch()
 
     async def _dispatch(self) -> None:

@@ -142,7 +142,8 @@ def task_json(
         else {"prompt_tokens": row["prompt_tokens"], "completion_tokens": row["completion_tokens"]},
         "seed": (row["request"].get("params") or {}).get("seed"),  # the user's sampling seed
         "shuffle_seed": str(row["seed"]),  # the router's own seed for the miner draw (audit, replay)
-        "candidates": row["candidates"],
+        "candidates": row["candidates"],  # the nodes the draw read, in order
+        "draw": row.get("draw"),  # its audit: seed, eligible count and set digest (core.pool_index.DrawAudit)
         "hivemesh": row["result"],
         "error": row["error"],
         "created_at": row["created_at"],

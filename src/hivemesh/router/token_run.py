@@ -17,22 +17,22 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 from hivemesh.core import pouw
+from hivemesh.core.pool_index import Draw, PoolIndex
 from hivemesh.core.reputation import Counters
-from hivemesh.core.selection import Candidate, rank
 from hivemesh.core.verdict import TokenVerdict, summary
 from hivemesh.errors import ContextTooLong, HivemeshError, NoMinerAvailable, UpstreamFailed
 from hivemesh.identity import Identity
 from hivemesh.protocol import wire
 from hivemesh.protocol.wire import NodeId
-from hivemesh.router.billing import billed
 from hivemesh.router.domain import Outcome, TaskSpec, Verdict
 from hivemesh.router.hub import MinerHub, MinerLink
 from hivemesh.router.record import ROW_DELAY_S, TaskRecord
-from hivemesh.router.runner import StreamEnd, TaskRun
+from hivemesh.router.runner import StreamEnd, TaskRun, draw_for
 from hivemesh.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class TokenRun:
         self.record = TaskRecord(spec.id, store)
         self.events: asyncio.Queue[pouw.Event] = asyncio.Queue()
         self.answer: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.order: list[str] = []  # the generator shuffle; verifiers are drawn later, from their own
+        self.draw: Draw = PoolIndex().draw(spec.shuffle_seed)  # the generator shuffle (verifiers: their own)
         self.links: dict[str, MinerLink] = {}  # every node with a role in this task
         self.reserved: dict[str, MinerLink] = {}  # nodes holding capacity for this task right now
         self.texts: dict[str, list[str]] = {}  # what each generator streamed
@@ -153,36 +153,21 @@ class TokenRun:
         """Draw and reserve the generator, synchronously (called by the scheduler at admission). Raises
         NoMinerAvailable if no miner that can serve token mode has room."""
         spec = self.spec
-        serving = [
-            ln
-            for ln in self.hub.serving(
-                spec.model, spec.session.sla, network=spec.network, billed=billed(spec.session.owner)
-            )
-            if (card := _card(ln, spec.model)) is not None and card.tokens
-        ]
-        if not serving:
+        self.draw, members = draw_for(self.hub, spec, role="tokens")
+        if not members:
             raise NoMinerAvailable(
                 f"no miner serving {spec.model!r} can generate for token verification", retry_after=1
             )
-        self.order = [str(n) for n in rank(self._candidates(serving), spec.shuffle_seed)]
-        self.record.task(candidates=list(self.order))
         self._effects = self.machine.start()
         self._resolve_draws()
         if self.machine.generator is None:
             raise NoMinerAvailable(f"no miner serving {spec.model!r} has free capacity", retry_after=1)
         self.hub.runs[spec.id] = self
 
-    def _candidates(self, links: list[MinerLink]) -> list[Candidate]:
-        return [
-            Candidate(
-                node=NodeId(ln.node),
-                score=self.hub.score(ln.node),
-                free=max(ln.free, 0) or 1,
-                capacity=ln.capacity,
-                record=ln.finished,
-            )
-            for ln in links
-        ]
+    def _draw_record(self) -> dict[str, Any]:
+        """The generator draw as the task row keeps it (nodes read, in order, and its audit); verifier draws
+        are replayed from their derived seeds (``_verifier_seed``) and named on the slot rows."""
+        return {"candidates": list(self.draw.taken), "draw": self.draw.audit().to_json()}
 
     def _resolve_draws(self) -> None:
         """Answer every Draw effect at the head of the queue with a Drawn event, applied at once."""
@@ -203,35 +188,31 @@ class TokenRun:
             self._resolve_draws()
 
     def _draw(self, d: pouw.Draw) -> list[str] | None:
-        spec = self.spec
         if d.role == "generator":
-            order = [n for n in self.order if n not in d.exclude]
+            order: Iterator[NodeId] = iter(self.draw)
+            more = True
         else:  # verifiers: drawn only now, after the precommit, from a seed the router committed to
-            links = [
-                ln
-                for ln in self.hub.serving(spec.model, spec.session.sla, billed=billed(spec.session.owner))
-                if ln.node not in d.exclude and (card := _card(ln, spec.model)) is not None and card.verify
-            ]
-            seed = (
-                int.from_bytes(
-                    hashlib.sha256(
-                        f"{spec.shuffle_seed}:verify:{len(self.machine.checks)}".encode()
-                    ).digest()[:8]
-                )
-                >> 1
-            )
-            order = [str(n) for n in rank(self._candidates(links), seed)]
+            order, members = draw_for(self.hub, self.spec, role="verify", seed=self._verifier_seed())
+            more = len(members) > sum(1 for n in d.exclude if n in members)  # eligible, maybe busy
         got: list[str] = []
         for node in order:
             if len(got) >= d.count:
                 break
+            if node in d.exclude:
+                continue
             link = self.hub.reserve(node)
             if link is not None:
                 self.links[node] = self.reserved[node] = link
                 got.append(node)
-        if not got and d.role == "verifier" and order and self._draw_retry is None:
+        if d.role == "generator":
+            self.record.task(**self._draw_record())
+        if not got and d.role == "verifier" and more and self._draw_retry is None:
             return None
         return got
+
+    def _verifier_seed(self) -> int:
+        seed = f"{self.spec.shuffle_seed}:verify:{len(self.machine.checks)}"
+        return int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8]) >> 1
 
     # ------------------------------------------------------------------ the run
 
@@ -536,6 +517,7 @@ class TokenRun:
                 False if false or invalid or ch.reason.startswith("timeout") else (True if valid else None)
             )
             self.reputation.record(ch.node, delta, success, task_id=self.spec.id)
+        self.hub.rescore(self.links)
 
     async def _fail(self, exc: HivemeshError) -> None:
         self.error = exc
