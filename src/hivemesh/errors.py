@@ -19,7 +19,9 @@ Every error a user can see maps to an OpenAI error body
     ├── Timeout                        504 server_error / timeout
     ├── LedgerError                    400 invalid_request_error / ledger_error
     │   ├── InsufficientFunds          402 insufficient_quota / insufficient_funds
-    │   └── LedgerIntegrityError       500 server_error / ledger_integrity
+    │   ├── LedgerIntegrityError       500 server_error / ledger_integrity
+    │   ├── ChainReverted              400 invalid_request_error / chain_reverted (a contract said no, and why)
+    │   └── ChainUnavailable           503 service_unavailable / chain_unavailable (the RPC did not answer)
     └── ProtocolViolation              (never shown to users: a miner broke the wire protocol)
         └── BadSignature               (forged, replayed or misbound signed message)
 
@@ -161,6 +163,20 @@ class LedgerIntegrityError(LedgerError):
     status = 500
     type = "server_error"
     code = "ledger_integrity"
+
+
+class ChainReverted(LedgerError):
+    """A contract call reverted; the message carries the contract's reason."""
+
+    code = "chain_reverted"
+
+
+class ChainUnavailable(LedgerError):
+    """The chain's RPC endpoint did not answer (in time)."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "chain_unavailable"
 
 
 class ProtocolViolation(HivemeshError):
