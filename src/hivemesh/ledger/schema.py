@@ -133,7 +133,7 @@ chain_heads = Table(
 )
 
 sessions = Table(
-    "sessions",
+    "ledger_sessions",  # v3: was "sessions", a name the router's store uses too (one database may hold both)
     metadata,
     Column("session_id", String(200), primary_key=True),
     Column("owner", String(64), nullable=False),
@@ -228,9 +228,49 @@ async def _m002_key_budgets(conn: AsyncConnection) -> None:
         await conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
 
 
+async def _m003_ledger_sessions(conn: AsyncConnection) -> None:
+    """The ledger's session table is ``ledger_sessions``: ``sessions`` is the router store's, and one database may
+    hold both (``--database-url`` = ``--ledger-url``). A ledger made before this version has its rows in
+    ``sessions`` (keyed ``session_id``): the table is renamed, rows and all. Migration 1 creates tables from the
+    current metadata, so a database created by this version has ``ledger_sessions`` already; one whose ledger
+    found the store's ``sessions`` in its place (it then had no table of its own) gets it created here."""
+
+    def tables(sync: Any) -> tuple[bool, set[str] | None]:
+        insp = inspect(sync)
+        names = set(insp.get_table_names())
+        old = {c["name"] for c in insp.get_columns("sessions")} if "sessions" in names else None
+        return "ledger_sessions" in names, old
+
+    have_new, old_columns = await conn.run_sync(tables)
+    if have_new:
+        return
+    if old_columns is not None and {"session_id", "state"} <= old_columns and "id" not in old_columns:
+        await conn.execute(text("ALTER TABLE sessions RENAME TO ledger_sessions"))
+        if conn.dialect.name == "postgresql":  # the key's index keeps its name: free it for the store's table
+            named = await conn.execute(
+                text(
+                    "SELECT 1 FROM pg_constraint WHERE conname = 'sessions_pkey' AND conrelid = 'ledger_sessions'::regclass"
+                )
+            )
+            if named.first() is not None:
+                await conn.execute(
+                    text(
+                        "ALTER TABLE ledger_sessions RENAME CONSTRAINT sessions_pkey TO ledger_sessions_pkey"
+                    )
+                )
+        return
+    await conn.execute(
+        text(
+            "CREATE TABLE ledger_sessions (session_id VARCHAR(200) NOT NULL PRIMARY KEY, owner VARCHAR(64) NOT NULL,"
+            " state VARCHAR(8) NOT NULL, created_us BIGINT NOT NULL, closed_us BIGINT)"
+        )
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables", _m001_initial),
     Migration(2, "key budgets", _m002_key_budgets),
+    Migration(3, "ledger_sessions", _m003_ledger_sessions),
 )
 
 _PG_MIGRATION_LOCK = 0x68_6D_6C_65  # "hmle": pg_advisory_xact_lock key serialising concurrent Ledger.open

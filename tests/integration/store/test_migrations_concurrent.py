@@ -1,7 +1,9 @@
 """Several routers starting at once on one fresh database: none crashes, and each migration is applied once.
 
-Each router is a real process (``spawn``): it imports hivemesh, waits at a barrier with the others, then calls
-``Store.open(url)`` and reports the migrations it applied (its log lines) or its error.
+Each router is a real process (``spawn``): it imports hivemesh, waits at a barrier with the others, then opens
+the store and the ledger on the same URL, as a router given one database for both does (``Store.open(url)``,
+``Ledger.open(url)``), and reports the store migrations it applied (its log lines) or its error. The ledger's
+migrations are checked in ``ledger_migrations``: each version recorded once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from hivemesh.ledger import Ledger
+from hivemesh.ledger import schema as ls
 from hivemesh.store import schema as s
 from hivemesh.store.db import Store
 
@@ -40,6 +44,8 @@ def _router(url: str, barrier: Barrier, out: Queue[tuple[str, list[str]]]) -> No
 
     async def start() -> None:
         store = await Store.open(url)
+        ledger = await Ledger.open(url)
+        await ledger.close()
         await store.close()
 
     barrier.wait(timeout=60)
@@ -64,11 +70,12 @@ def _start_together(url: str) -> list[tuple[str, list[str]]]:
     return results
 
 
-async def _recorded(url: str) -> list[str]:
+async def _recorded(url: str) -> tuple[list[str], list[int]]:
     store = await Store.open(url)
     try:
         rows = await store.fetch_all(text("SELECT name FROM _migrations ORDER BY name"))
-        return [r["name"] for r in rows]
+        versions = await store.fetch_scalars(text("SELECT version FROM ledger_migrations ORDER BY version"))
+        return [r["name"] for r in rows], versions
     finally:
         await store.close()
 
@@ -78,7 +85,10 @@ def _check(url: str) -> None:
     assert [err for err, _ in results if err] == []
     applied = sorted(name for _, names in results for name in names)
     assert applied == sorted(name for name, _ in s.MIGRATIONS)  # all of them, each by one router
-    assert asyncio.run(_recorded(url)) == sorted(name for name, _ in s.MIGRATIONS)
+    assert asyncio.run(_recorded(url)) == (
+        sorted(name for name, _ in s.MIGRATIONS),
+        [m.version for m in ls.MIGRATIONS],
+    )
 
 
 @pytest.mark.parametrize("attempt", range(3))
