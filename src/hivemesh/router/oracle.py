@@ -1,8 +1,10 @@
 """The router's side of the cognitive module: what a validator (oracle) may do to the nodes of this router.
 
 * **Leadership**: validators take turns through the ``LEADER_LEASE``; only its live holder may ping, run network
-  tasks and report, so two validators never double-count. While the lease is live, user work goes only to nodes
-  validated since they (re)joined (``MinerHub.validation_until``); a router without a validator is unaffected.
+  tasks and report, so two validators never double-count. The lease is the network's (in the store every router
+  shares), the gate is the router's: while the leader holds the lease through this router, user work here goes
+  only to nodes validated since they (re)joined (``MinerHub.validation_until``); a router without a validator,
+  or whose validator follows, is unaffected.
 * **L1 liveness**: a Ping on the miner's link, answered by its Pong. A miss is a strike and a timeout on the
   node's record; ``max_missed_pings`` in a row and the router cuts the link: the node is offline and the runner
   reassigns its in-flight work to other miners.
@@ -65,9 +67,16 @@ class Oracle:
 
     async def lease(self, validator: str, name: str, ttl_s: float) -> LeaseReply:
         lease = await self.leases.acquire(name, validator, ttl_s)
-        if name == LEADER_LEASE:
-            self.hub.validation_until = lease.expires_at
         granted = ttl_s > 0 and lease.held_by(validator)
+        if name == LEADER_LEASE:
+            # The lease is the network's (one store for every router); the gate on user work is this router's:
+            # only while the leader works through this router, validating its nodes. A follower asking here
+            # changes nothing, or a router whose validator follows would refuse every user (its nodes are never
+            # validated: only the leader validates).
+            if granted:
+                self.hub.validation_until = lease.expires_at
+            elif lease.holder == validator:  # given up, or run out
+                self.hub.validation_until = min(self.hub.validation_until, lease.expires_at)
         return LeaseReply(granted=granted, holder=lease.holder, expires_at=lease.expires_at)
 
     async def require_leader(self, validator: str) -> None:
