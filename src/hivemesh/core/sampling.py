@@ -23,6 +23,11 @@ claimed token outside the set, at least how far its ``z`` is below the set's ent
 1-based rank among the perturbed scores (candidates first, then the other tokens by ``z``) and its log-probability
 under ``softmax(z / T)`` over the whole vocabulary (``T = 1`` when greedy).
 
+Output grammars (``response_format``, ``tools``): before step 1, every token the grammar forbids at this position
+gets the logit ``MASKED`` (``masked``). It can then never be picked, never survives the ``min_p`` filter, and a
+claimed forbidden token has a margin near ``-MASKED``: a ``token_mismatch`` that anyone applying the same grammar
+can recheck. Without a grammar nothing changes.
+
 Pure numpy, no I/O. One row costs a partition of the vocabulary and a log-sum-exp (tens of microseconds for a
 49k vocabulary); noise is drawn only for the candidates and the claimed token.
 """
@@ -42,6 +47,7 @@ from hivemesh.protocol.wire import SamplingParams
 TOP_K: Final = 40
 MIN_P: Final = 0.05
 GREEDY_BELOW: Final = 1e-5  # temperatures below this are greedy
+MASKED: Final = -1e30  # the logit of a token an output grammar forbids (finite: evidence stays valid JSON)
 
 _MASK: Final = (1 << 64) - 1
 _GOLDEN: Final = 0x9E3779B97F4A7C15
@@ -218,6 +224,11 @@ def _beaten_by(c: _Candidates, scores: npt.NDArray[np.float64], claimed_score: f
 # ---------------------------------------------------------------- public
 
 
+def masked(logits: Logits, allowed: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
+    """The row an output grammar leaves: tokens not ``allowed`` at this position get ``MASKED``."""
+    return np.where(allowed, np.asarray(logits, dtype=np.float32), np.float32(MASKED))
+
+
 def _counts(history: Iterable[int]) -> Counter[int]:
     return Counter(history)
 
@@ -265,6 +276,16 @@ class History:
             raise ValueError(f"token {claimed} outside the vocabulary")
         out = _check_row(_penalise(logits, sampler, self.counts), claimed, sampler, self.position)
         self._advance(claimed)
+        return out
+
+    def logprobs(self, logits: Logits, sampler: Sampler) -> npt.NDArray[np.float64]:
+        """Log-probabilities of every token at the current position under ``softmax(z / T)`` (``T = 1`` when
+        greedy), ``z`` the penalised row: the distribution the sampler draws from before its filters, the same
+        one ``TokenCheck.logprob`` reports. Does not advance."""
+        z = _penalise(logits, sampler, self.counts).astype(np.float64)
+        inv_t = 1.0 if sampler.greedy else 1.0 / sampler.temperature
+        scaled = (z - z.max()) * inv_t
+        out: npt.NDArray[np.float64] = scaled - np.log(np.exp(scaled).sum())
         return out
 
     def _advance(self, token: int) -> None:

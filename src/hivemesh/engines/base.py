@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-from hivemesh.protocol.wire import ChatMessage, ModelCard, SamplingParams, Usage
+from hivemesh.protocol.wire import ChatMessage, ModelCard, SamplingParams, TokenLogprob, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,8 @@ class Finished:
     # The generated token ids, in order, for engines that can tell (``ModelCard.tokens``); ends with the
     # end-of-generation token when the model itself stopped, so a verifier checks that choice too.
     tokens: tuple[int, ...] = ()
+    # One entry per generated token (the end-of-generation token excluded) when ``params.logprobs`` asked for it.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,17 @@ running it agree exactly, like greedy decoding of a real model. Its vocabulary i
 ``EOS`` = len(WORDS)), so it takes part in token-level verification like a real engine: it reports the token ids
 it generated and verifies a claim by replaying the request (evidence with margin 0 where the claim matches, a
 large margin where it does not).
+
+With an output constraint (``response_format``, ``tools``) it answers a small JSON value that satisfies the
+constraint's schema (``grammar.schema_example``), one token per character (ids from ``CHARS``), so tests of the
+API's structured output run without a model; with ``logprobs`` every token has log-probability 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator
 
 from hivemesh.engines.base import (
@@ -22,10 +27,12 @@ from hivemesh.engines.base import (
     TokenChecks,
     VerifyRequest,
 )
-from hivemesh.protocol.wire import ModelCard, Usage
+from hivemesh.engines.grammar import schema_example
+from hivemesh.protocol.wire import ModelCard, TokenLogprob, TopLogprob, Usage
 
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 EOS = len(WORDS)
+CHARS = EOS + 1  # token id of character c in a structured answer: CHARS + ord(c)
 CONTEXT = 8192
 MISMATCH_MARGIN = 100.0  # the margin an instant verifier reports for a token it would not have picked
 
@@ -42,7 +49,17 @@ class InstantEngine:
         self.token_delay_s = token_delay_s  # simulate a generation speed (tests of failover, benchmarks)
 
     def models(self) -> list[ModelCard]:
-        return [ModelCard(id=self.model, engine=self.name, context_length=CONTEXT, verify=True, tokens=True)]
+        return [
+            ModelCard(
+                id=self.model,
+                engine=self.name,
+                context_length=CONTEXT,
+                verify=True,
+                tokens=True,
+                structured=True,
+                logprobs=True,
+            )
+        ]
 
     async def start(self, progress: Progress | None = None) -> None:
         if progress:
@@ -56,11 +73,22 @@ class InstantEngine:
         and then EOS; like a real model's, the EOS counts against ``max_tokens`` (a claim never holds more ids than
         ``max_tokens``), so an answer cut at ``max_tokens`` ends without it, with finish "length"."""
         text_in = request.prompt or "\n".join(m.content for m in request.messages)
+        prompt_tokens = max(1, len(text_in.split()))
+        if (c := request.params.constraint) is not None:
+            value = json.dumps(schema_example(json.loads(c.json_schema)), ensure_ascii=False)
+            ids = [CHARS + ord(ch) for ch in value][: request.params.max_tokens]
+            return ([*ids, EOS] if len(value) < request.params.max_tokens else ids), prompt_tokens
         h = hashlib.sha256(f"{request.model}|{request.params.seed}|{text_in}".encode()).digest()
         n = min(self.tokens, request.params.max_tokens)
         ids = [h[i % len(h)] % len(WORDS) for i in range(n)]
         complete = self.tokens < request.params.max_tokens
-        return ([*ids, EOS] if complete else ids), max(1, len(text_in.split()))
+        return ([*ids, EOS] if complete else ids), prompt_tokens
+
+    @staticmethod
+    def _piece(i: int, token: int) -> str:
+        if token >= CHARS:
+            return chr(token - CHARS)
+        return ("" if i == 0 else " ") + WORDS[token]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         ids, prompt_tokens = self._answer(request)
@@ -68,23 +96,38 @@ class InstantEngine:
         for i, t in enumerate(words):
             if self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)
-            yield Piece(("" if i == 0 else " ") + WORDS[t])
+            yield Piece(self._piece(i, t))
+        top = request.params.logprobs
+        logprobs = (
+            ()
+            if top is None
+            else tuple(
+                TokenLogprob(
+                    token=self._piece(i, t),
+                    logprob=0.0,
+                    top=(TopLogprob(token=self._piece(i, t), logprob=0.0),) if top else (),
+                )
+                for i, t in enumerate(words)
+            )
+        )
         yield Finished(
             "stop" if ids[-1:] == [EOS] else "length",
             Usage(prompt_tokens=prompt_tokens, completion_tokens=len(words)),
             tokens=tuple(ids),
+            logprobs=logprobs,
         )
 
     async def verify(self, request: VerifyRequest) -> TokenChecks:
         expected, prompt_tokens = self._answer(request.request)
         claimed = request.tokens
-        if any(not 0 <= t <= EOS for t in claimed):
+        if any(not 0 <= t < CHARS + 0x110000 for t in claimed):
             return TokenChecks((), (), (), (), False, prompt_tokens, CONTEXT, problem="bad_token")
         # After the expected answer ends, the "model" would stop: EOS is its pick there.
         picks = tuple(expected[i] if i < len(expected) else EOS for i in range(len(claimed)))
         same = [p == c for p, c in zip(picks, claimed, strict=True)]
         words = [t for t in claimed if t != EOS]
-        text_ok = request.output == " ".join(WORDS[t] for t in words) and EOS not in claimed[:-1]
+        text_ok = request.output == "".join(self._piece(i, t) for i, t in enumerate(words))
+        text_ok = text_ok and EOS not in claimed[:-1]
         return TokenChecks(
             picks=picks,
             margins=tuple(0.0 if ok else MISMATCH_MARGIN for ok in same),

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from hivemesh.core.sampling import History, Sampler, TokenCheck
+from hivemesh.core.sampling import MASKED, History, Sampler, TokenCheck, masked
 from hivemesh.engines.base import (
     Event,
     Finished,
@@ -37,8 +37,9 @@ from hivemesh.engines.base import (
     TokenChecks,
     VerifyRequest,
 )
+from hivemesh.engines.grammar import GrammarMask, gbnf
 from hivemesh.errors import ContextTooLong, ServiceUnavailable
-from hivemesh.protocol.wire import ModelCard, Usage
+from hivemesh.protocol.wire import ModelCard, SamplingParams, TokenLogprob, TopLogprob, Usage
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,15 @@ class LlamaCppEngine:
 
     def models(self) -> list[ModelCard]:
         return [
-            ModelCard(id=self.model_id, engine=self.name, context_length=self.n_ctx, verify=True, tokens=True)
+            ModelCard(
+                id=self.model_id,
+                engine=self.name,
+                context_length=self.n_ctx,
+                verify=True,
+                tokens=True,
+                structured=True,
+                logprobs=True,
+            )
         ]
 
     async def start(self, progress: Progress | None = None) -> None:
@@ -174,6 +183,25 @@ class LlamaCppEngine:
         llm.n_tokens = keep
         return keep
 
+    def _grammar(self, params: SamplingParams) -> GrammarMask | None:
+        if params.constraint is None:
+            return None
+        return GrammarMask(self._llm._model.vocab, int(self._llm.n_vocab()), gbnf(params.constraint))
+
+    def _logprob(self, token: int, logprobs: npt.NDArray[np.float64], top: int) -> TokenLogprob:
+        """``token`` and the ``top`` most likely tokens under the sampler's distribution (grammar-forbidden
+        tokens are never listed)."""
+        best: list[TopLogprob] = []
+        if top:
+            ids = np.argpartition(-logprobs, top - 1)[:top] if top < logprobs.shape[0] else np.arange(top)
+            ids = ids[np.lexsort((ids, -logprobs[ids]))]
+            best = [TopLogprob(token=self._text_of(int(i)), logprob=float(logprobs[i])) for i in ids]
+            best = [t for t in best if t.logprob > MASKED / 2]
+        return TokenLogprob(token=self._text_of(token), logprob=float(logprobs[token]), top=tuple(best))
+
+    def _text_of(self, token: int) -> str:
+        return self._piece(token).decode("utf-8", errors="replace")[:256]
+
     def _last_logits(self) -> npt.NDArray[np.float32]:
         llm = self._llm
         ptr = llm._ctx.get_logits_ith(-1)
@@ -214,7 +242,6 @@ class LlamaCppEngine:
             emit(exc)
 
     def _generate_sync(self, request: GenerationRequest, emit: Any, stop_flag: threading.Event) -> None:
-        llm = self._llm
         p = request.params
         prompt, template_stops = self._prompt_tokens(request)
         if len(prompt) >= self.n_ctx:
@@ -222,25 +249,51 @@ class LlamaCppEngine:
                 f"This model's maximum context length is {self.n_ctx} tokens; the prompt has {len(prompt)}.",
                 param="messages",
             )
-        max_tokens = min(p.max_tokens, self.n_ctx - len(prompt))
         stops = tuple(s for s in (*p.stop, *template_stops) if s)
-        hold = max((len(s) for s in stops), default=1) - 1
+        grammar = self._grammar(p)
+        try:
+            self._decode(request, prompt, stops, grammar, emit, stop_flag)
+        finally:
+            if grammar is not None:
+                grammar.close()
+
+    def _decode(
+        self,
+        request: GenerationRequest,
+        prompt: list[int],
+        stops: tuple[str, ...],
+        grammar: GrammarMask | None,
+        emit: Any,
+        stop_flag: threading.Event,
+    ) -> None:
+        llm, p = self._llm, request.params
         sampler, history = Sampler.of(p), History()
+        max_tokens = min(p.max_tokens, self.n_ctx - len(prompt))
+        hold = max((len(s) for s in stops), default=1) - 1
         keep = self._reuse_prefix(prompt)
         llm.eval(prompt[keep:])
         out: list[int] = []
         eog: list[int] = []
+        logprobs: list[TokenLogprob] = []
         text = _Text()
         emitted = 0  # characters of decoded text already sent
         finish: Literal["stop", "length"] = "length"
         while True:
             if stop_flag.is_set():
                 raise _Cancelled
-            tok = history.pick(self._last_logits(), sampler)
+            row = self._last_logits()
+            if grammar is not None:
+                row = masked(row, grammar.allowed())
+            dist = history.logprobs(row, sampler) if p.logprobs is not None else None
+            tok = history.pick(row, sampler)
             if self._is_eog(tok):
                 eog.append(tok)
                 finish = "stop"
                 break
+            if grammar is not None:
+                grammar.accept(tok)
+            if dist is not None:
+                logprobs.append(self._logprob(tok, dist, p.logprobs or 0))
             out.append(tok)
             current = text.feed(self._piece(tok))
             cut = _find_stop(current, stops)
@@ -258,7 +311,7 @@ class LlamaCppEngine:
         if len(text.text) > emitted:
             emit(Piece(text.text[emitted:]))
         usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(out))
-        emit(Finished(finish, usage, tokens=(*out, *eog)))
+        emit(Finished(finish, usage, tokens=(*out, *eog), logprobs=tuple(logprobs)))
 
     # ------------------------------------------------------------ verification
 
@@ -283,7 +336,14 @@ class LlamaCppEngine:
             return empty("context")
         stops = tuple(s for s in (*req.request.params.stop, *template_stops) if s)
         text_ok = self._text_ok(claimed, req.output, req.finish_reason, stops)
-        checks = self._teacher_forced(prompt, claimed, Sampler.of(req.request.params)) if claimed else []
+        checks: list[TokenCheck] = []
+        if claimed:
+            grammar = self._grammar(req.request.params)
+            try:
+                checks = self._teacher_forced(prompt, claimed, Sampler.of(req.request.params), grammar)
+            finally:
+                if grammar is not None:
+                    grammar.close()
         return TokenChecks(
             picks=tuple(c.pick for c in checks),
             margins=tuple(c.margin for c in checks),
@@ -315,9 +375,14 @@ class LlamaCppEngine:
             return finish == "stop" and text.text == output
         return finish == "length" and text.text == output
 
-    def _teacher_forced(self, prompt: list[int], claimed: list[int], sampler: Sampler) -> list[TokenCheck]:
+    def _teacher_forced(
+        self, prompt: list[int], claimed: list[int], sampler: Sampler, grammar: GrammarMask | None = None
+    ) -> list[TokenCheck]:
         """One forward pass over prompt + claimed[:-1] (the last claimed token predicts nothing), logits only on
-        the rows that predict a claimed token, each checked in place as its chunk comes out of llama.cpp."""
+        the rows that predict a claimed token, each checked in place as its chunk comes out of llama.cpp. With an
+        output grammar each row is masked as the generator's was, the grammar advancing over the claimed tokens;
+        a claimed token it forbids is checked as such (margin about ``-MASKED``), and masking stops there (the
+        grammar cannot follow a token it forbids; that position is the proof)."""
         llm = self._llm
         seq = prompt + claimed[:-1]
         first = len(prompt) - 1  # the row that predicts claimed[0]
@@ -346,5 +411,13 @@ class LlamaCppEngine:
             for j in outputs:
                 i = start + j - first  # the claimed token this row predicts
                 row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(j), shape=(n_vocab,))
-                checks.append(replay.check(row, claimed[i], sampler))
+                tok = claimed[i]
+                if grammar is not None:
+                    allowed = grammar.allowed()
+                    row = masked(row, allowed)
+                    if not allowed[tok]:
+                        grammar = None
+                    elif not self._is_eog(tok):
+                        grammar.accept(tok)
+                checks.append(replay.check(row, tok, sampler))
         return checks

@@ -23,7 +23,7 @@ import httpx
 import orjson
 
 from hivemesh.engines.base import Event, Finished, GenerationRequest, Piece, Progress
-from hivemesh.errors import ContextTooLong, ServiceUnavailable, UpstreamFailed
+from hivemesh.errors import ContextTooLong, InvalidRequest, ServiceUnavailable, UpstreamFailed
 from hivemesh.protocol.wire import ModelCard, Usage
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,12 @@ class UpstreamEngine:
         return UpstreamFailed(f"upstream answered {status}: {text[:300]}")
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        if request.params.constraint is not None or request.params.logprobs is not None:
+            # not advertised (ModelCard.structured/logprobs), so the router does not send them; never ignore them
+            raise InvalidRequest(
+                "this miner's upstream engine serves neither output constraints nor logprobs",
+                param="response_format" if request.params.constraint is not None else "logprobs",
+            )
         path, body = self._body(request)
         body |= {"stream": True, "stream_options": {"include_usage": True}}
         finish = "stop"

@@ -246,6 +246,7 @@ class MinerAgent:
             finish_reason=fin,
             elapsed_ms=elapsed,
             tokens=tokens,
+            logprobs=finished.logprobs,
         )
         await ws.send(wire.encode(self._signed(commit, nonce)))
         self.served += 1

@@ -51,6 +51,19 @@ class ChatMessage(_Msg):
     content: str
 
 
+MAX_SCHEMA = 32 * 1024  # characters of JSON schema one task's output constraint may carry
+MAX_TOP_LOGPROBS = 20
+
+
+class Constraint(_Msg):
+    """The shape an answer must have (``response_format``, ``tools``): JSON that satisfies ``json_schema``
+    (JSON text), or with ``text_allowed`` also free text that does not start with ``{``. Engines compile
+    it into a grammar the same way on every miner, so a verifier masks exactly what the generator masked."""
+
+    json_schema: str = Field(min_length=2, max_length=MAX_SCHEMA)
+    text_allowed: bool = False
+
+
 class SamplingParams(_Msg):
     temperature: float = 1.0
     top_p: float = 1.0
@@ -59,6 +72,10 @@ class SamplingParams(_Msg):
     seed: int = 0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    constraint: Constraint | None = None  # generation limited to what this constraint's grammar accepts
+    logprobs: int | None = Field(
+        default=None, ge=0, le=MAX_TOP_LOGPROBS
+    )  # report logprobs, with this many top
 
 
 class ModelCard(_Msg):
@@ -69,6 +86,8 @@ class ModelCard(_Msg):
     tokens: bool = (
         False  # the engine reports the token ids it generated (needed to be a token-mode generator)
     )
+    structured: bool = False  # the engine serves ``SamplingParams.constraint`` (and verifies with it)
+    logprobs: bool = False  # the engine reports ``SamplingParams.logprobs`` in its Commit
 
 
 class Hardware(_Msg):
@@ -195,6 +214,20 @@ class Precommit(_Msg):
     sig: str = ""
 
 
+class TopLogprob(_Msg):
+    token: str = Field(max_length=256)
+    logprob: float
+
+
+class TokenLogprob(_Msg):
+    """One generated token as the generator saw it: its text, its log-probability under the distribution it was
+    sampled from, and the most likely tokens there (``SamplingParams.logprobs`` of them)."""
+
+    token: str = Field(max_length=256)
+    logprob: float
+    top: tuple[TopLogprob, ...] = Field(default=(), max_length=MAX_TOP_LOGPROBS)
+
+
 class Commit(_Msg):
     type: Literal["commit"] = "commit"
     task_id: Id
@@ -205,6 +238,7 @@ class Commit(_Msg):
     finish_reason: FinishReason
     elapsed_ms: int = Field(ge=0)
     tokens: TokenIds = ()  # the generated token ids (token mode), bound by the precommit digest
+    logprobs: tuple[TokenLogprob, ...] = Field(default=(), max_length=MAX_TOKENS_CLAIMED)  # when asked for
     sig: str = ""
 
 
