@@ -2,9 +2,14 @@
 
 Every finished task slot becomes one ``Counters`` delta for its node's current hour bucket (``slot_counters``) and
 one success or failure for its level (``core.reputation.apply_outcome``). The formulas live in
-``hivemesh.core.reputation``; this module keeps the state, persists it (flushed every second through the store's
-group-commit writer, and on close) and answers the scheduler's questions: a node's total score (its weight in the
-shuffle), whether it is quarantined, whether it fits a session's SLA tier.
+``hivemesh.core.reputation``; this module keeps the state, persists it (flushed every second, and on close) and
+answers the scheduler's questions: a node's total score (its weight in the shuffle), whether it is quarantined,
+whether it fits a session's SLA tier.
+
+Several routers record work of the same node in one store: a flush sends this router's *deltas* (counters added in
+SQL, outcomes applied to the stored level under a row lock: ``store.reputation``), never a value read earlier, and
+every ``refresh_s`` the rows other routers wrote since the last look replace what this router holds (plus what it
+has not flushed yet).
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import select
 
 from hivemesh.core.reputation import (
     SLA_TIERS,
@@ -30,6 +36,7 @@ from hivemesh.core.reputation import (
     scores,
     sum_window,
 )
+from hivemesh.store import reputation as rows
 from hivemesh.store import schema as s
 from hivemesh.store.db import Store
 
@@ -63,27 +70,45 @@ def bucket_of(ts: float) -> int:
 
 
 class Reputation:
-    def __init__(self, store: Store, *, window_s: float = 24 * HOUR, floors: Floors = Floors()) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        window_s: float = 24 * HOUR,
+        floors: Floors = Floors(),
+        flush_s: float = 1.0,
+        refresh_s: float = 5.0,
+    ) -> None:
         self.store = store
         self.window_s = window_s
         self.floors = floors
+        self.flush_s = flush_s
+        self.refresh_s = refresh_s  # how often rows other routers wrote are read back
         self.buckets: dict[str, dict[int, Counters]] = defaultdict(dict)
         self.levels: dict[str, LevelState] = {}
         self.quarantine: dict[str, bool] = {}
-        self._dirty_buckets: set[tuple[str, int]] = set()
-        self._dirty_levels: set[str] = set()
+        self._deltas: dict[tuple[str, int], Counters] = {}  # recorded here, not yet added to the store
+        self._outcomes: dict[str, list[bool]] = {}  # level outcomes not yet applied to the store
+        self._dirty_quarantine: set[str] = set()
         self._cache: dict[str, tuple[Counters, Scores]] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._seen = 0.0  # rows written at or after this moment are read back by the next refresh
+        self._refreshed = 0.0  # monotonic time of the last refresh
+        self.on_refresh: Callable[[Iterable[str]], None] | None = (
+            None  # nodes whose rows another router moved
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     async def load(self) -> None:
+        self._seen = time.time() - 1.0
         since = bucket_of(time.time() - self.window_s)
         for r in await self.store.fetch_all(select(s.node_stats).where(s.node_stats.c.bucket >= since)):
             self.buckets[r["node"]][r["bucket"]] = Counters(**{f: r[f] for f in COUNTER_FIELDS})
         for r in await self.store.fetch_all(select(s.node_levels)):
             self.levels[r["node"]] = LevelState(r["level"], r["streak"], r["successes"], r["attempts"])
             self.quarantine[r["node"]] = r["quarantined"]
+        self._refreshed = time.monotonic()
         self._flusher = asyncio.create_task(self._flush_loop(), name="reputation-flush")
 
     async def close(self) -> None:
@@ -95,33 +120,57 @@ class Reputation:
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
-            await self.flush()
+            await asyncio.sleep(self.flush_s)
+            try:
+                await self.flush()
+                if time.monotonic() - self._refreshed >= self.refresh_s:
+                    await self.refresh()
+            except Exception as exc:  # the store is down or busy: keep the deltas, try again next time
+                log.warning(
+                    "reputation flush failed error=%s", str(exc).splitlines()[0][:300] if str(exc) else exc
+                )
 
     async def flush(self) -> None:
-        stmts: list[Any] = []
-        for node, b in sorted(self._dirty_buckets):
-            c = self.buckets[node][b]
-            stmts.append(delete(s.node_stats).where(s.node_stats.c.node == node, s.node_stats.c.bucket == b))
-            stmts.append(insert(s.node_stats).values(node=node, bucket=b, **asdict(c)))
-        for node in sorted(self._dirty_levels):
-            lv = self.levels.get(node, LevelState())
-            stmts.append(delete(s.node_levels).where(s.node_levels.c.node == node))
-            stmts.append(
-                insert(s.node_levels).values(
-                    node=node,
-                    level=lv.level,
-                    streak=lv.streak,
-                    successes=lv.successes,
-                    attempts=lv.attempts,
-                    quarantined=self.quarantine.get(node, False),
-                    updated_at=time.time(),
-                )
-            )
-        self._dirty_buckets.clear()
-        self._dirty_levels.clear()
-        if stmts:
-            await self.store.write(*stmts)
+        """Send what was recorded since the last flush: counter deltas, level outcomes, quarantine changes."""
+        deltas, self._deltas = self._deltas, {}
+        outcomes, self._outcomes = self._outcomes, {}
+        marks, self._dirty_quarantine = self._dirty_quarantine, set()
+        try:
+            if deltas:
+                await self.store.write(*rows.add_counters(self.store, deltas))
+                deltas = {}
+            if outcomes or marks:
+                quarantined = {n: self.quarantine.get(n, False) for n in marks | set(outcomes)}
+                stored = await rows.apply_outcomes(self.store, outcomes, quarantined)
+                for node, state in stored.items():  # the store's state, plus outcomes recorded meanwhile
+                    for success in self._outcomes.get(node, ()):
+                        state = apply_outcome(state, success)
+                    self.levels[node] = state
+        except BaseException:
+            for key, c in deltas.items():  # not written: they go with the next flush
+                self._deltas[key] = c + self._deltas.get(key, Counters())
+            for node, seq in outcomes.items():
+                self._outcomes[node] = seq + self._outcomes.get(node, [])
+            self._dirty_quarantine |= marks
+            raise
+
+    async def refresh(self) -> None:
+        """Read back the rows other routers wrote since the last look (this router's unflushed work on top)."""
+        self._refreshed = time.monotonic()
+        since, self._seen = self._seen, time.time() - 1.0  # a second's overlap: clocks and commits in flight
+        stats, levels = await rows.changed_since(self.store, since, bucket_of(time.time() - self.window_s))
+        for node, bucket, c in stats:
+            self.buckets[node][bucket] = c + self._deltas.get((node, bucket), Counters())
+            self._cache.pop(node, None)
+        for node, row in levels.items():
+            state = row.state
+            for success in self._outcomes.get(node, ()):
+                state = apply_outcome(state, success)
+            self.levels[node] = state
+            if node not in self._dirty_quarantine:
+                self.quarantine[node] = row.quarantined
+        if self.on_refresh is not None and (stats or levels):
+            self.on_refresh({n for n, _, _ in stats} | set(levels))
 
     # ------------------------------------------------------------------ recording
 
@@ -130,13 +179,13 @@ class Reputation:
         b = bucket_of(time.time())
         per = self.buckets[node]
         per[b] = per.get(b, Counters()) + delta
-        self._dirty_buckets.add((node, b))
+        self._deltas[(node, b)] = self._deltas.get((node, b), Counters()) + delta
         self._cache.pop(node, None)
         if success is not None:
             before = self.levels.get(node, LevelState())
             after = apply_outcome(before, success)
             self.levels[node] = after
-            self._dirty_levels.add(node)
+            self._outcomes.setdefault(node, []).append(success)
             if after.level != before.level:
                 kind = "level_up" if after.level > before.level else "level_down"
                 self.store.node_event(node, kind, task_id, f"level {before.level} -> {after.level}")
@@ -144,7 +193,7 @@ class Reputation:
         now = self._quarantined_now(node)
         if now != was:
             self.quarantine[node] = now
-            self._dirty_levels.add(node)
+            self._dirty_quarantine.add(node)
             sc = self.scores(node)
             why = f"total={sc.total:.3f} precommit={sc.precommit:.3f}"
             self.store.node_event(node, "quarantined" if now else "released", task_id, why)

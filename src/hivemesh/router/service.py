@@ -56,6 +56,7 @@ class RouterService:
             self.hub.admit = self._admit
         self.reputation = Reputation(store)
         self.hub.reputation = self.reputation
+        self.reputation.on_refresh = self.hub.rescore  # other routers' work moves the node pool's indexes too
         self.scheduler = Scheduler(self.hub, queue_timeout_s=config.queue_timeout_s)
         self.sessions = Sessions(store, config.defaults)
         self._bg: set[asyncio.Task[Any]] = set()

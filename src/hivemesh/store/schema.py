@@ -146,6 +146,8 @@ node_stats = Table(
     Column("node", String(64), primary_key=True),
     Column("bucket", BigInteger, primary_key=True),  # unix time of the hour's start
     *(Column(f.name, BigInteger, nullable=False, default=0) for f in fields(Counters)),
+    Column("updated_at", Float, nullable=False, default=0.0),  # 006: last write (routers refresh from it)
+    Index("ix_node_stats_updated", "updated_at"),  # 006
 )
 
 node_levels = Table(
@@ -158,6 +160,7 @@ node_levels = Table(
     Column("attempts", Integer, nullable=False),
     Column("quarantined", Boolean, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Index("ix_node_levels_updated", "updated_at"),  # 006
 )
 
 leases = Table(
@@ -204,10 +207,20 @@ def _m005_views_and_draws(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE tasks ADD COLUMN draw JSON"))
 
 
+def _m006_shared_reputation(conn: Connection) -> None:
+    # Routers of a cluster add to the same reputation rows and refresh from each other's writes: a node's counter
+    # rows say when they were last written. As in 004, a new database has all of it from 001/002 already.
+    if "updated_at" not in {c["name"] for c in inspect(conn).get_columns("node_stats")}:
+        conn.execute(text("ALTER TABLE node_stats ADD COLUMN updated_at FLOAT NOT NULL DEFAULT 0"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_node_stats_updated ON node_stats (updated_at)"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_node_levels_updated ON node_levels (updated_at)"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_reputation", _m002_reputation),
     ("003_leases", _m003_leases),
     ("004_token_verification", _m004_token_verification),
     ("005_views_and_draws", _m005_views_and_draws),
+    ("006_shared_reputation", _m006_shared_reputation),
 ]
