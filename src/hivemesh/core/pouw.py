@@ -82,7 +82,8 @@ class TokenPolicy:
     commit_timeout_s: float = 10.0
     verify_timeout_s: float = 60.0
     max_tokens: int = 256
-    tolerance: Tolerance = field(default_factory=Tolerance)
+    tolerance: Tolerance = field(default_factory=Tolerance)  # a verifier of another numeric profile
+    exact: Tolerance = field(default_factory=Tolerance.exact)  # a verifier of the generator's numeric profile
 
 
 # ---------------------------------------------------------------- events
@@ -93,6 +94,8 @@ class Drawn:
     role: Role
     nodes: tuple[str, ...]  # reserved for this task by the router, in shuffle order (maybe fewer than asked)
     now: float
+    # each node's ``ModelCard.numerics`` for the task's model, parallel to ``nodes`` ("" or missing: unknown)
+    numerics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +223,7 @@ class GenSlot:
     digest: str = ""
     commit: wire.Commit | None = None
     reason: str = ""
+    numerics: str = ""
 
 
 @dataclass(slots=True)
@@ -232,6 +236,7 @@ class CheckSlot:
     verdict: TokenVerdict | None = None
     evidence: wire.Evidence | None = None
     reason: str = ""
+    numerics: str = ""
 
 
 class TokenPoUW:
@@ -343,12 +348,17 @@ class TokenPoUW:
     def _drawn(self, ev: Drawn) -> list[Effect]:
         role, self.waiting_draw = ev.role, None
         exclude = self._exclude(role)
+        profile = dict(zip(ev.nodes, ev.numerics, strict=False))
         nodes = list(dict.fromkeys(n for n in ev.nodes if n not in exclude))
         if role == "generator":
             if not nodes:
                 return self._no_generator()
             node = nodes[0]
-            self.generators.append(GenSlot(node, ev.now, deadline=ev.now + self.policy.ack_timeout_s))
+            self.generators.append(
+                GenSlot(
+                    node, ev.now, deadline=ev.now + self.policy.ack_timeout_s, numerics=profile.get(node, "")
+                )
+            )
             out: list[Effect] = [Note("assigned", node, {"role": "generator"}), SendAssign(node)]
             return out + [Cancel(n) for n in nodes[1:]]
         claim = self._claim()
@@ -357,7 +367,9 @@ class TokenPoUW:
         out = []
         deadline = ev.now + self.policy.verify_timeout_s
         for n in nodes:
-            self.checks.append(CheckSlot(n, len(self.generators) - 1, self.round, deadline))
+            self.checks.append(
+                CheckSlot(n, len(self.generators) - 1, self.round, deadline, numerics=profile.get(n, ""))
+            )
             out += [Note("verify_requested", n, {"round": self.round}), SendVerify(n, claim, self.round)]
         if not self._open_checks():
             out += self._verifiers_exhausted()
@@ -431,7 +443,10 @@ class TokenPoUW:
             return [Strike(ev.node, "replay", "evidence without an open verification")]
         claim = self._claim()
         assert claim is not None  # checks are open only while a claim stands
-        verdict = judge(self._claim_of(claim), ev.evidence, self.policy.tolerance)
+        exact = self._exact(chk)
+        verdict = judge(
+            self._claim_of(claim), ev.evidence, self.policy.exact if exact else self.policy.tolerance
+        )
         if verdict.fault == "verifier":
             return self._check_failed(chk, verdict.reason, strike="invalid_evidence", now=ev.now)
         if verdict.fault == "nobody" and not verdict.accepted:
@@ -446,10 +461,16 @@ class TokenPoUW:
                     "accepted": verdict.accepted,
                     "reason": verdict.reason,
                     "position": verdict.position,
+                    "tolerance": "exact" if exact else "calibrated",
                 },
             )
         ]
         return out + self._progress(ev.now)
+
+    def _exact(self, chk: CheckSlot) -> bool:
+        """The check's verifier computes the generator's logits bit for bit: the same non-empty numeric profile."""
+        gen = self.generators[chk.attempt]
+        return bool(gen.numerics) and gen.numerics == chk.numerics
 
     def _check_failed(self, chk: CheckSlot, reason: str, *, strike: str | None, now: float) -> list[Effect]:
         if chk.status != "asked":

@@ -38,7 +38,8 @@ A rejection here names something anyone holding the model can recompute (``Fraud
 claimed token, the pick, the margin, the tolerance). ``settle(first, escalations)`` therefore punishes only when
 the recheck agrees: the generator when every escalation verifier with valid evidence also finds it at fault (not
 necessarily at the same position: the accusation is that the answer is not the model's, not where), the first
-verifier when every valid escalation accepts (a false accusation), and nobody when the rechecks are mixed or none
+verifier when every valid escalation accepts (a false accusation: only an acceptance under a tolerance at least
+as strict as the accuser's refutes it), and nobody when the rechecks are mixed or none
 gave valid evidence; the task is then regenerated elsewhere. A verifier whose evidence is malformed accuses
 nobody: it has failed, is struck and replaced. ``p_all_sybil`` gives the chance that a sybil generator draws only
 sybil verifiers, the one case a recheck cannot catch, to print next to the measured rate.
@@ -124,6 +125,14 @@ class Tolerance:
             raise ValueError(f"cap_min must be >= 0, got {self.cap_min}")
         if not all(math.isfinite(b) and b >= 0.0 for b in (self.budget, self.budget_per_token)):
             raise ValueError(f"budget and budget_per_token must be finite and >= 0, got {self.budget!r}")
+
+    @classmethod
+    def exact(cls) -> Tolerance:
+        """For a generator and a verifier whose engines compute bit-identical logits for the same tokens (the
+        same ``ModelCard.numerics``: same model file, same kernels, whatever their thread counts or batch sizes;
+        ``engines.llamacpp`` proves it for itself at load): the claimed token must be the pick. The slack only
+        lets an exact tie (both scores equal to float precision) go either way."""
+        return cls(margin=1e-3, cap_fraction=0.0, cap_min=2, budget=2e-3, budget_per_token=0.0)
 
     def cap(self, n: int) -> int:
         """How many of ``n`` positions may use the tolerance: ``max(cap_min, floor(cap_fraction * n))``."""
@@ -330,7 +339,10 @@ def settle(first: TokenVerdict, escalations: Sequence[TokenVerdict]) -> Settleme
     if first.fault != "generator":
         raise ValueError(f"only an accusation (fault 'generator') is settled, got fault {first.fault!r}")
     confirmed = sum(1 for v in escalations if v.fault == "generator")
-    refuted = sum(1 for v in escalations if v.fault == "none")
+    # an acceptance under a more lenient tolerance (another numeric profile than the accuser's) does not refute
+    refuted = sum(
+        1 for v in escalations if v.fault == "none" and v.tolerance.margin <= first.tolerance.margin
+    )
     failed = tuple(i for i, v in enumerate(escalations) if v.fault == "verifier")
     outcome: Outcome = "inconclusive"
     if confirmed and not refuted:

@@ -37,6 +37,7 @@ from hivemesh.engines.base import (
     TokenChecks,
     VerifyRequest,
 )
+from hivemesh.engines import numerics
 from hivemesh.engines.grammar import GrammarMask, gbnf
 from hivemesh.errors import ContextTooLong, ServiceUnavailable
 from hivemesh.protocol.wire import ModelCard, SamplingParams, TokenLogprob, TopLogprob, Usage
@@ -99,6 +100,7 @@ class LlamaCppEngine:
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, (os.cpu_count() or 1))
         self._llm: Any = None
+        self.numerics = ""  # the numeric profile, known once loaded (engines.numerics)
         self._formatter: Any = None
         self._lock = asyncio.Lock()
 
@@ -112,6 +114,7 @@ class LlamaCppEngine:
                 tokens=True,
                 structured=True,
                 logprobs=True,
+                numerics=self.numerics,
             )
         ]
 
@@ -141,7 +144,14 @@ class LlamaCppEngine:
         bos = llm._model.token_get_text(llm.token_bos())
         self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
         self._llm = llm
-        log.info("engine loaded model=%s path=%s threads=%d", self.model_id, path, self.n_threads)
+        self.numerics = numerics.profile(llm, Path(path))
+        log.info(
+            "engine loaded model=%s path=%s threads=%d numerics=%s",
+            self.model_id,
+            path,
+            self.n_threads,
+            self.numerics or "-",
+        )
 
     async def close(self) -> None:
         llm, self._llm = self._llm, None

@@ -88,6 +88,10 @@ class ModelCard(_Msg):
     )
     structured: bool = False  # the engine serves ``SamplingParams.constraint`` (and verifies with it)
     logprobs: bool = False  # the engine reports ``SamplingParams.logprobs`` in its Commit
+    # The engine's numeric profile: engines with the same non-empty profile compute bit-identical logits for the
+    # same tokens (same model file, same kernels; thread count and batch size do not matter), so a verifier of the
+    # generator's profile checks it exactly rather than within the calibrated tolerance. "" when unknown.
+    numerics: str = Field(default="", max_length=128)
 
 
 class Hardware(_Msg):

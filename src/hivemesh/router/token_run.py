@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -51,6 +51,9 @@ def policy_of(spec: TaskSpec) -> pouw.TokenPolicy:
         verify_timeout_s=sess.precommit_timeout_s,  # a prefill never takes longer than the generation
         max_tokens=spec.params.max_tokens,
     )
+
+
+NUMERICS_WINDOW = 64  # shuffled candidates a verifier draw looks through for the generator's numeric profile
 
 
 def _card(link: MinerLink, model: str) -> wire.ModelCard | None:
@@ -181,7 +184,7 @@ class TokenRun:
                         # first in line: a claim waiting for its check goes before new generations
                         self.hub.listeners.insert(0, self._capacity_freed)
                     continue
-                self._effects += self.machine.apply(pouw.Drawn(eff.role, tuple(nodes), time.monotonic()))
+                self._effects += self.machine.apply(self._drawn(eff.role, nodes))
             else:
                 self._effects.append(eff)
         if any(isinstance(e, pouw.Draw) for e in self._effects):
@@ -194,6 +197,7 @@ class TokenRun:
         else:  # verifiers: drawn only now, after the precommit, from a seed the router committed to
             order, members = draw_for(self.hub, self.spec, role="verify", seed=self._verifier_seed())
             more = len(members) > sum(1 for n in d.exclude if n in members)  # eligible, maybe busy
+            order = self._same_numerics_first(order)
         got: list[str] = []
         for node in order:
             if len(got) >= d.count:
@@ -209,6 +213,37 @@ class TokenRun:
         if not got and d.role == "verifier" and more and self._draw_retry is None:
             return None
         return got
+
+    def _numerics(self, node: str) -> str:
+        link = self.links.get(node) or self.hub.link(node)
+        card = _card(link, self.spec.model) if link is not None else None
+        return card.numerics if card is not None else ""
+
+    def _drawn(self, role: pouw.Role, nodes: Iterable[str]) -> pouw.Drawn:
+        nodes = tuple(nodes)
+        profiles = tuple(self._numerics(n) for n in nodes)
+        return pouw.Drawn(role, nodes, time.monotonic(), numerics=profiles)
+
+    def _same_numerics_first(self, order: Iterator[NodeId]) -> Iterator[NodeId]:
+        """The shuffle's order, except that among its first ``NUMERICS_WINDOW`` nodes those that compute the
+        generator's logits bit for bit (the same ``ModelCard.numerics``) go first: their check is exact, not
+        within a tolerance. Bounded, so a draw stays O(k log n) however large the pool."""
+        gens = self.machine.generators
+        profile = gens[-1].numerics if gens else ""
+        if not profile:
+            yield from order
+            return
+        later: list[NodeId] = []
+        for i, node in enumerate(order):
+            if i >= NUMERICS_WINDOW:
+                yield from later
+                later = []
+                yield node
+            elif self._numerics(node) == profile:
+                yield node
+            else:
+                later.append(node)
+        yield from later
 
     def _verifier_seed(self) -> int:
         seed = f"{self.spec.shuffle_seed}:verify:{len(self.machine.checks)}"
@@ -274,7 +309,7 @@ class TokenRun:
         """A hub listener while a verifier draw waits: capacity may be free; take it before the scheduler can
         give it to a new task, and hand the draw to the run as an event."""
         if (nodes := self._take_waiting()) is not None:
-            self.events.put_nowait(pouw.Drawn("verifier", nodes, time.monotonic()))
+            self.events.put_nowait(self._drawn("verifier", nodes))
 
     def _unlisten(self) -> None:
         with contextlib.suppress(ValueError):
@@ -291,7 +326,7 @@ class TokenRun:
             self._draw_retry = None  # waited long enough: the machine decides on what it has
             self._unlisten()
             nodes = ()
-        self._effects += self.machine.apply(pouw.Drawn("verifier", nodes, time.monotonic()))
+        self._effects += self.machine.apply(self._drawn("verifier", nodes))
         return True
 
     def _free(self, node: str) -> None:

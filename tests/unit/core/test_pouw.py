@@ -304,3 +304,50 @@ def test_too_many_near_ties_refuted_keeps_the_answer_and_strikes_nobody() -> Non
     (d,) = of(eff, Deliver)
     assert d.verdict == "verified" and set(d.verifiers) == {"E1", "E2"}
     assert not of(eff, Strike)
+
+
+def near_tie(node: str, at: int, margin: float) -> wire.Evidence:
+    """Evidence where the claimed token at ``at`` is not the pick but trails it by ``margin`` logits."""
+    ev = evidence(node)
+    picks = tuple(t + 1 if i == at else t for i, t in enumerate(TOKENS))
+    margins = tuple(margin if i == at else 0.0 for i in range(len(TOKENS)))
+    return ev.model_copy(update={"picks": picks, "margins": margins})
+
+
+def test_a_verifier_of_the_generators_numeric_profile_checks_exactly() -> None:
+    """Same numeric profile: bit-identical logits, so a claimed token that is not the pick is rejected even at a
+    margin the calibrated tolerance forgives; another profile forgives it."""
+    for verifier_profile, accepted in (("P", False), ("Q", True), ("", True)):
+        m = TokenPoUW("t1", POLICY)
+        m.start()
+        m.apply(Drawn("generator", ("G",), 0.0, numerics=("P",)))
+        m.apply(Acked("G", 0.1))
+        digest, c = commit("G")
+        m.apply(Precommitted("G", digest, 0.2))
+        m.apply(Revealed("G", c, 0.3))
+        m.apply(Drawn("verifier", ("V",), 0.4, numerics=(verifier_profile,)))
+        eff = m.apply(EvidenceIn("V", near_tie("V", 1, 0.3), 0.5))
+        (note,) = [e for e in of(eff, pouw.Note) if e.phase == "evidence"]
+        assert note.detail["accepted"] is accepted, verifier_profile
+        assert note.detail["tolerance"] == ("exact" if verifier_profile == "P" else "calibrated")
+        assert bool(of(eff, Deliver)) is accepted  # a rejection escalates instead of delivering
+
+
+def test_an_exact_accusation_is_not_refuted_by_lenient_rechecks() -> None:
+    """An exact check's rejection rechecked by verifiers of other profiles, whose tolerance forgives the near tie:
+    inconclusive (regenerate, nobody struck), never a false accusation."""
+    m = TokenPoUW("t1", POLICY)
+    m.start()
+    m.apply(Drawn("generator", ("G",), 0.0, numerics=("P",)))
+    m.apply(Acked("G", 0.1))
+    digest, c = commit("G")
+    m.apply(Precommitted("G", digest, 0.2))
+    m.apply(Revealed("G", c, 0.3))
+    m.apply(Drawn("verifier", ("V",), 0.4, numerics=("P",)))
+    m.apply(EvidenceIn("V", near_tie("V", 1, 0.3), 0.5))
+    m.apply(Drawn("verifier", ("E1", "E2"), 0.6, numerics=("Q", "Q")))
+    m.apply(EvidenceIn("E1", near_tie("E1", 1, 0.3), 0.7))
+    eff = m.apply(EvidenceIn("E2", near_tie("E2", 1, 0.3), 0.8))
+    assert of(eff, Strike) == []
+    assert of(eff, Deliver) == []
+    assert of(eff, Draw) == [Draw("generator", 1, frozenset({"G"}))]  # regenerated elsewhere

@@ -478,3 +478,9 @@ def test_near_ties_whose_margins_add_up_past_the_allowance_are_rejected_where_it
         7,
     )
     assert tol.allowance(24) == 1.0 and tol.allowance(300) == 3.0
+
+
+def test_exact_tolerance_forgives_only_float_ties() -> None:
+    exact = Tolerance.exact()
+    assert exact.margin < 0.01 and exact.allowance(1000) < 0.01
+    assert Tolerance().margin > 100 * exact.margin
