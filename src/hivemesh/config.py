@@ -80,6 +80,7 @@ class RouterConfig:
     validators: tuple[
         str, ...
     ] = ()  # addresses allowed on the network API; empty: validators.txt in data_dir
+    cluster_url: str | None = None  # redis://...: the cluster's broker (shared limits, sessions); None: alone
 
     @property
     def db_url(self) -> str:

@@ -57,6 +57,13 @@ def router(
         str | None,
         typer.Option(help="Ledger URL (postgresql+asyncpg://...); default SQLite ledger.db in the data dir."),
     ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="The cluster's broker (redis://host:port/0): join the routers sharing this --database-url "
+            "(network-wide rate limits, session changes)."
+        ),
+    ] = None,
     redundancy: Annotated[
         int, typer.Option("-k", "--redundancy", help="Default generators per task (exact/semantic).")
     ] = 3,
@@ -97,6 +104,7 @@ def router(
         ledger_url=ledger_url,
         defaults=defaults,
         semantic=semantic,
+        cluster_url=cluster,
     )
 
     def ready(p: int, _service: object) -> None:

@@ -97,7 +97,7 @@ class Completions:
         else:
             session = await sessions.default_for(principal.owner)
         spec = self.build_spec(session, body)
-        limits = self.rate_limit(principal, spec)
+        limits = await self.rate_limit(principal, spec)
         run = await self.service.submit(
             spec, stream=body.stream, default_session=not session_id, durable=durable
         )
@@ -124,16 +124,15 @@ class Completions:
     def cancel(self, task_id: str, reason: str = CLIENT_GONE) -> bool:
         return self.service.cancel(task_id, reason)
 
-    def rate_limit(self, principal: Principal, spec: TaskSpec) -> dict[str, str]:
-        """Enforce the key's requests/min and tokens/min (429 with retry-after); the x-ratelimit-* headers."""
+    async def rate_limit(self, principal: Principal, spec: TaskSpec) -> dict[str, str]:
+        """Enforce the key's requests/min and tokens/min (429 with retry-after), network-wide when the router is
+        in a cluster (``router.limits``); the x-ratelimit-* headers."""
         if principal.key_id is None or (principal.rpm is None and principal.tpm is None):
             return {}
         tokens = (
             spec.params.max_tokens + len(spec.prompt) // 4 + sum(len(m.content) for m in spec.messages) // 4
         )
-        state = self.service.limiter.check(
-            principal.key_id, principal.rpm, principal.tpm, tokens, time.monotonic()
-        )
+        state = await self.service.limiter.take(principal.key_id, principal.rpm, principal.tpm, tokens)
         return state.headers()
 
     def build_spec(self, session: SessionSpec, body: Body) -> TaskSpec:

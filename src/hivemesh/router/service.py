@@ -15,16 +15,18 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from redis.exceptions import RedisError
 from sqlalchemy import insert, select, update
 
+from hivemesh.cluster.broker import Broker
 from hivemesh.config import RouterConfig
 from hivemesh.errors import HivemeshError, NoMinerAvailable
 from hivemesh.identity import Identity
-from hivemesh.ledger.limits import RateLimiter
 from hivemesh.protocol.wire import ChatMessage, SamplingParams
 from hivemesh.router.billing import CHEATS, Billing
 from hivemesh.router.domain import TaskSpec
 from hivemesh.router.hub import MinerHub
+from hivemesh.router.limits import Limiter, LocalLimiter, SharedLimiter
 from hivemesh.router.reputation import Reputation
 from hivemesh.router.runner import StreamEnd, TaskRun
 from hivemesh.router.scheduler import Scheduler, Ticket
@@ -34,6 +36,8 @@ from hivemesh.store import schema as s
 from hivemesh.store.db import Row, Store
 
 log = logging.getLogger(__name__)
+
+SESSION_CHANNEL = "sessions"  # the broker channel a router announces a changed session id on
 
 RECOVERY_WAIT_S = 300.0  # how long a recovered task waits for a miner serving its model to (re)join
 ORPHAN_MARGIN_S = 5.0  # beyond the queue timeout: a hold older than both with no task row is an orphan
@@ -50,7 +54,8 @@ class RouterService:
         self.hub = MinerHub(identity, store)
         self.ledger = ledger  # hivemesh.ledger.Ledger, or None: nothing is billed
         self.billing = Billing(ledger, config.billing) if ledger is not None else None
-        self.limiter = RateLimiter()
+        self.limiter: Limiter = LocalLimiter()  # SharedLimiter once start() has joined the cluster's broker
+        self.broker: Broker | None = None  # the cluster's broker (config.cluster_url), connected by start()
         if self.billing is not None:
             self.hub.on_strike = self._on_strike
             self.hub.admit = self._admit
@@ -71,10 +76,30 @@ class RouterService:
             self.observers.append(self._settle)
 
     async def start(self) -> None:
+        if self.config.cluster_url:
+            await self._join_broker(self.config.cluster_url)
         await self.reputation.load()
         await self._load_known_models()
         self.scheduler.start()
         self._spawn(self._recover(), "recover")
+
+    async def _join_broker(self, url: str) -> None:
+        """Network-wide rate limits and session changes through the broker (sessions then cached 30 s: a
+        change is announced to every router at once, the TTL is a safety net for a lost message)."""
+        broker = self.broker = await Broker.connect(url)
+        self.limiter = SharedLimiter(broker)
+        sessions = self.sessions
+        sessions.ttl_s = 30.0
+
+        async def announce(session_id: str) -> None:
+            try:
+                await broker.publish(SESSION_CHANNEL, session_id)
+            except (RedisError, OSError) as exc:  # the others read it again within their TTL
+                log.warning("session change not announced session=%s error=%s", session_id, str(exc)[:200])
+
+        sessions.on_change = announce
+        broker.subscribe(SESSION_CHANNEL, lambda data: sessions.forget(data.decode()))
+        broker.on_gap.append(sessions.forget)  # messages may have been lost: read every session again
 
     async def _load_known_models(self) -> None:
         """Every model a miner has announced here, from the nodes' records: after a restart, a request for one
@@ -96,6 +121,8 @@ class RouterService:
         await self.reputation.close()
         if self.billing is not None:
             await self.billing.drain()
+        if self.broker is not None:
+            await self.broker.close()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         t = asyncio.create_task(coro, name=name)

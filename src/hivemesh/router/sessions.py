@@ -1,7 +1,10 @@
 """Sessions: the contract a user's tasks run under (model, k, m, validation mode, timeouts, SLA tier).
 
 Every API key (owner) has a default session, made on first use from the router's configured defaults; other
-sessions are created through the Session API. Sessions are cached in memory after the first read.
+sessions are created through the Session API. Sessions are cached in memory after a read, for ``ttl_s``: several
+routers share the sessions table, and a change made on one (a deactivation) must reach the others within a second.
+Without a broker the TTL is that second; with one, a change is announced (``on_change``: the cluster publishes it,
+and every router ``forget``s the session at once) and the TTL is only a safety net.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 import hashlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -115,11 +119,42 @@ def to_json(spec: SessionSpec) -> dict[str, Any]:
 
 
 class Sessions:
-    def __init__(self, store: Store, defaults: SessionDefaults) -> None:
+    def __init__(
+        self,
+        store: Store,
+        defaults: SessionDefaults,
+        *,
+        ttl_s: float = 1.0,
+        on_change: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
         self.defaults = defaults
-        self._cache: dict[str, SessionSpec] = {}
+        self.ttl_s = (
+            ttl_s  # a cached session is read again after this long (other routers may have changed it)
+        )
+        self.on_change = on_change  # announces a changed session to the other routers (the cluster's broker)
+        self._cache: dict[str, tuple[SessionSpec, float]] = {}  # id -> (session, monotonic time of the read)
         self._creating: dict[str, asyncio.Lock] = {}
+
+    def _cached(self, session_id: str) -> SessionSpec | None:
+        hit = self._cache.get(session_id)
+        if hit is None:
+            return None
+        if time.monotonic() - hit[1] >= self.ttl_s:
+            del self._cache[session_id]
+            return None
+        return hit[0]
+
+    def _keep(self, spec: SessionSpec) -> SessionSpec:
+        self._cache[spec.id] = (spec, time.monotonic())
+        return spec
+
+    def forget(self, session_id: str | None = None) -> None:
+        """Drop a cached session (another router changed it), or every cached session (``None``)."""
+        if session_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(session_id, None)
 
     def template(self, owner: str) -> SessionSpec:
         d = self.defaults
@@ -147,23 +182,22 @@ class Sessions:
             raise InvalidRequest(f"unknown session field: {exc}") from None
         validate(spec)
         await self.store.write(insert(s.sessions).values(**_to_row(spec, is_default=False)))
-        self._cache[spec.id] = spec
-        return spec
+        return self._keep(spec)
 
     async def get(self, session_id: str, *, owner: str | None = None) -> SessionSpec:
-        spec = self._cache.get(session_id)
+        spec = self._cached(session_id)
         if spec is None:
             row = await self.store.fetch_one(select(s.sessions).where(s.sessions.c.id == session_id))
             if row is None:
                 raise NotFound(f"session {session_id!r} not found", param="session_id")
-            spec = self._cache[session_id] = _from_row(row)
+            spec = self._keep(_from_row(row))
         if owner is not None and spec.owner != owner:
             raise PermissionDenied(f"session {session_id!r} belongs to another account", param="session_id")
         return spec
 
     async def default_for(self, owner: str) -> SessionSpec:
         sid = "ses_default_" + hashlib.sha256(owner.encode()).hexdigest()[:20]
-        if (hit := self._cache.get(sid)) is not None:
+        if (hit := self._cached(sid)) is not None:
             return hit
         async with self._creating.setdefault(sid, asyncio.Lock()):  # one creator per owner in this process
             return await self._default(owner, sid)
@@ -178,8 +212,7 @@ class Sessions:
             except Exception:  # a concurrent first request made it
                 self._cache.pop(sid, None)
                 return await self.get(sid)
-            self._cache[sid] = spec
-            return spec
+            return self._keep(spec)
 
     async def list(self, owner: str | None = None, limit: int = 100) -> list[SessionSpec]:
         q = select(s.sessions).order_by(s.sessions.c.created_at.desc()).limit(limit)
@@ -190,5 +223,7 @@ class Sessions:
     async def deactivate(self, session_id: str, *, owner: str | None = None) -> SessionSpec:
         spec = await self.get(session_id, owner=owner)
         await self.store.write(update(s.sessions).where(s.sessions.c.id == session_id).values(active=False))
-        spec = self._cache[session_id] = replace(spec, active=False)
+        spec = self._keep(replace(spec, active=False))
+        if self.on_change is not None:
+            await self.on_change(session_id)
         return spec

@@ -5,33 +5,17 @@ a router without a validator does; the router the leader works through keeps use
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from hivemesh.identity import Identity
 from hivemesh.validator.agent import ValidatorAgent
 from hivemesh.validator.config import ValidatorConfig
 
-from ...conftest import API_KEY, LoopThread, Network
+from ...conftest import API_KEY, Network
 
 MODEL = "instant-echo"
-
-
-@pytest.fixture
-def two(tmp_path: Path) -> Iterator[tuple[Network, Network]]:
-    lt = LoopThread()
-    a, b = Network(lt, tmp_path / "a"), Network(lt, tmp_path / "b")
-    try:
-        yield a, b
-    finally:
-        try:
-            b.close()
-            a.close()
-        finally:
-            lt.stop()
 
 
 def ask(net: Network) -> httpx.Response:
