@@ -16,7 +16,7 @@ from hivemesh.config import MinerConfig, RouterConfig
 from hivemesh.dashboard import dashboard_routes
 from hivemesh.engines.base import Engine
 from hivemesh.identity import Identity
-from hivemesh.ledger import Ledger, StakePools
+from hivemesh.ledger import Ledger
 from hivemesh.miner.agent import MinerAgent
 from hivemesh.router.app import build_app
 from hivemesh.router.auth import LedgerKeys, StaticKeys
@@ -52,8 +52,11 @@ _LOAD = object()
 
 
 async def open_ledger(config: RouterConfig) -> Ledger:
+    """SQL, or the evm back-end when the data dir holds ``chain.json`` (``hivemesh chain deploy``)."""
+    from hivemesh.cli.chain import open_ledger_for
+
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    return await Ledger.open(config.ledger_db_url, pools=StakePools(dict(config.billing.stake_pools)))
+    return await open_ledger_for(config)
 
 
 async def build_router(config: RouterConfig, embedder: Any = _LOAD) -> tuple[Any, RouterService, Store]:

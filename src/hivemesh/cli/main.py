@@ -197,12 +197,18 @@ def up(
     redundancy: Annotated[int, typer.Option("-k", "--redundancy")] = 3,
     quorum: Annotated[int, typer.Option("-m", "--quorum")] = 2,
     mode: Annotated[str, typer.Option(help="token, exact, semantic or none")] = "token",
+    chain: Annotated[
+        str | None,
+        typer.Option(help="local: run the ledger on a local anvil chain (stake and payments on chain)."),
+    ] = None,
 ) -> None:
     """Start a whole local network (one router, N miners, each its own process) and keep it running."""
     from hivemesh.cli.up import run_up
 
     if miners < 1:
         raise typer.BadParameter("--miners must be at least 1")
+    if chain not in (None, "local"):
+        raise typer.BadParameter("--chain takes local (anvil); for another chain use hivemesh chain deploy")
     with contextlib.suppress(KeyboardInterrupt):
         code = run_up(
             miners=miners,
@@ -212,14 +218,17 @@ def up(
             redundancy=redundancy,
             quorum=quorum,
             mode=mode,
+            chain=chain,
         )
         raise typer.Exit(code)
 
 
 def main() -> None:
+    from hivemesh.cli.chain import chain_app
     from hivemesh.cli.money import register
 
     register(app)
+    app.add_typer(chain_app, name="chain")
     app()
 
 

@@ -17,10 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hivemesh.config import COR, BillingConfig, RouterConfig, default_data_dir
+from hivemesh.config import COR, RouterConfig, default_data_dir
 from hivemesh.errors import HivemeshError
 from hivemesh.identity import Identity
-from hivemesh.ledger import Ledger, StakePools, format_cor
+from hivemesh.ledger import Ledger, format_cor
 
 T = TypeVar("T")
 console = Console()
@@ -48,12 +48,26 @@ def parse_cor(text: str) -> int:
     return int(units)
 
 
-def run_ledger(data_dir: Path | None, url: str | None, fn: Callable[[Ledger], Awaitable[T]]) -> T:
+KeyFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--key-file", help="The node's key file (node.key): a ledger on a chain needs its signature."
+    ),
+]
+
+
+def run_ledger(
+    data_dir: Path | None, url: str | None, fn: Callable[[Ledger], Awaitable[T]], key_file: Path | None = None
+) -> T:
+    """Run ``fn`` on the router's ledger: SQL, or the chain when the data dir holds ``chain.json``."""
+    from hivemesh.cli.chain import open_ledger_for
+
     cfg = RouterConfig(data_dir=data_dir or default_data_dir() / "router", ledger_url=url)
 
     async def go() -> T:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        ledger = await Ledger.open(cfg.ledger_db_url, pools=StakePools(dict(BillingConfig().stake_pools)))
+        signers = [Identity.load_or_create(key_file)] if key_file else []
+        ledger = await open_ledger_for(cfg, signers)
         try:
             return await fn(ledger)
         finally:
@@ -133,6 +147,7 @@ def stake(
     pool: Annotated[int, typer.Option(help="The stake pool the node claims.")] = 0,
     data_dir: RouterDir = None,
     ledger_url: LedgerUrl = None,
+    key_file: KeyFile = None,
 ) -> None:
     """Stake a node's balance for a pool."""
     units = parse_cor(amount)
@@ -141,7 +156,9 @@ def stake(
         await ledger.stake(node, units, pool)
         return await ledger.staked(node)
 
-    console.print(f"{node} staked: {format_cor(run_ledger(data_dir, ledger_url, go))} (pool {pool})")
+    console.print(
+        f"{node} staked: {format_cor(run_ledger(data_dir, ledger_url, go, key_file))} (pool {pool})"
+    )
 
 
 def unstake(
@@ -149,10 +166,11 @@ def unstake(
     amount: Annotated[str, typer.Argument(help="COR to unstake (after the cooldown).")],
     data_dir: RouterDir = None,
     ledger_url: LedgerUrl = None,
+    key_file: KeyFile = None,
 ) -> None:
     """Start the unstake cooldown (the stake can still be slashed until it ends)."""
     units = parse_cor(amount)
-    when = run_ledger(data_dir, ledger_url, lambda lg: lg.request_unstake(node, units))
+    when = run_ledger(data_dir, ledger_url, lambda lg: lg.request_unstake(node, units), key_file)
     console.print(f"{format_cor(units)} unstaking; available at {when.isoformat()}")
 
 

@@ -90,10 +90,31 @@ class Network:
 
 
 def run_up(
-    *, miners: int, port: int, data_dir: Path, engine: str, redundancy: int, quorum: int, mode: str
+    *,
+    miners: int,
+    port: int,
+    data_dir: Path,
+    engine: str,
+    redundancy: int,
+    quorum: int,
+    mode: str,
+    chain: str | None = None,
 ) -> int:
     console = Console(stderr=True)
     data_dir = data_dir.expanduser().resolve()
+    anvil = None
+    if chain == "local":  # anvil, the contracts, gas money, the demo account and the miners' stakes on chain
+        from hivemesh.cli.chain import prepare_chain_economy, start_local_chain
+
+        nodes = [Identity.load_or_create(miner_dir(data_dir, i) / "node.key") for i in range(miners)]
+        anvil = start_local_chain(
+            data_dir, nodes, [Identity.load_or_create(data_dir / "router" / "router.key")]
+        )
+        try:
+            prepare_chain_economy(data_dir, nodes)
+        except BaseException:
+            anvil.stop()  # type: ignore[attr-defined]
+            raise
     key = prepare_economy(data_dir, miners)
     ensure_validator(data_dir)
     net = Network(data_dir)
@@ -185,3 +206,5 @@ def run_up(
             net.stop()
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if anvil is not None:
+                anvil.stop()  # type: ignore[attr-defined]

@@ -356,8 +356,23 @@ async def payments(src: DashboardSource, limit: int = 50) -> dict[str, Any]:
     entries = await ledger.recent_entries(limit)
     top = await ledger.top_accounts(limit=10)
     links = src.hub.links
+    chain = None
+    if (chain_status := getattr(ledger, "status", None)) is not None:  # the evm back-end's batch sender
+        cs = await chain_status()
+        chain = {
+            "state": cs.state,
+            "rpc_url": cs.rpc_url,
+            "pending_entries": max(0, cs.journal_head - cs.chain_cursor),
+            "chain_cursor": cs.chain_cursor,
+            "batches": cs.batches,
+            "tasks_settled": cs.tasks_settled,
+            "last_batch": cs.last_batch,
+            "last_error": cs.last_error,
+            "failed": list(cs.failed),
+        }
     return {
         "ledger": True,
+        "chain": chain,
         "unit": _amount(10**18),
         "totals": {
             "balances": _amount(by_kind["accounts"]),  # spendable, on user and node addresses

@@ -503,6 +503,12 @@
         card("Reward pool", cor(t.reward_pool), "pays epoch rewards", "reward_pool"),
         card("Deposited", cor(t.deposited), "deposits minus withdrawals: the sum of all of the above", "deposited"),
       ),
+      d.chain ? panel("Chain settlement", d.chain.rpc_url, h("div", { id: "chain", "data-state": d.chain.state },
+          h("span", { class: "badge " + (d.chain.state === "unreachable" || d.chain.state === "retrying" ? "bad" : "good") }, d.chain.state),
+          ` ${d.chain.pending_entries} journal entries waiting \u00b7 ${d.chain.batches} batches, ${d.chain.tasks_settled} tasks settled on chain`,
+          d.chain.last_batch ? ` \u00b7 last batch: ${d.chain.last_batch.tasks} tasks, ${d.chain.last_batch.gas} gas, block ${d.chain.last_batch.block}` : "",
+          d.chain.failed.length ? h("div", { class: "muted" }, `left out (they revert): ${d.chain.failed.join(", ")}`) : null,
+          d.chain.last_error ? h("div", { class: "muted" }, `last error: ${d.chain.last_error}`) : null)) : null,
       panel("Recent entries", `the latest ${d.entries.length}, newest first`,
           d.entries.length
             ? h("div", { class: "scroll" }, table(
