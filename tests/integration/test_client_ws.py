@@ -104,15 +104,15 @@ def test_errors_per_task_in_the_openai_shape(net: Network) -> None:
     with open_ws(net) as ws:
         ws.send(json.dumps({"type": "submit", "id": "good", "body": CHAT}))
         ws.send(json.dumps({"type": "submit", "id": "nomodel", "body": {**CHAT, "model": "nope"}}))
-        tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
-        ws.send(json.dumps({"type": "submit", "id": "tools", "body": {**CHAT, "tools": [tool]}}))
+        fn = {"name": "f", "parameters": {}}
+        ws.send(json.dumps({"type": "submit", "id": "tools", "body": {**CHAT, "functions": [fn]}}))
         ws.send(json.dumps({"type": "submit", "id": "bad", "body": {**CHAT, "temperature": 9}}))
         ws.send(json.dumps({"type": "submit", "id": "nothing"}))  # no body: the message itself is invalid
         got = collect(ws, {"good", "nomodel", "tools", "bad", None})
     assert got["good"][-1]["type"] == "result"
     for cid, status, param in (
         ("nomodel", 404, "model"),
-        ("tools", 400, "tools"),
+        ("tools", 400, "functions"),
         ("bad", 400, "temperature"),
     ):
         (err,) = got[cid]

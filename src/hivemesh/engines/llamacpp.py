@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hivemesh.core.sampling import MASKED, History, Sampler, TokenCheck, masked
+from hivemesh.engines import numerics
 from hivemesh.engines.base import (
     Event,
     Finished,
@@ -37,7 +38,6 @@ from hivemesh.engines.base import (
     TokenChecks,
     VerifyRequest,
 )
-from hivemesh.engines import numerics
 from hivemesh.engines.grammar import GrammarMask, gbnf
 from hivemesh.errors import ContextTooLong, ServiceUnavailable
 from hivemesh.protocol.wire import ModelCard, SamplingParams, TokenLogprob, TopLogprob, Usage

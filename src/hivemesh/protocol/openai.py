@@ -40,9 +40,65 @@ class TextPart(_Edge):
     text: str
 
 
+FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class FunctionSpec(_Edge):
+    name: FunctionName
+    description: str = Field(default="", max_length=4096)
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+
+
+class Tool(_Edge):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class CalledFunction(_Edge):
+    name: str
+    arguments: str = "{}"  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Edge):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+class NamedFunction(_Edge):
+    name: FunctionName
+
+
+class NamedToolChoice(_Edge):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Edge):
+    name: str = Field(default="response", max_length=64)
+    description: str = ""
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Edge):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class Consensus(BaseModel):
+    """The ``hivemesh`` extension field: per-request consensus controls (unknown keys are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+    redundancy: int | None = Field(default=None, ge=1, le=16)
+    disagreement_policy: Literal["best_effort", "fail", "return_all"] = "best_effort"
+
+
 class InMessage(_Edge):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[Annotated[TextPart, Field(discriminator="type")]] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
     def text(self) -> str:
         if self.content is None:
@@ -71,7 +127,7 @@ class _Sampling(_Edge):
     session_id: str | None = None  # hivemesh: run in this session instead of the key's default one
     # OpenAI parameters accepted only at the values that leave the answer as the engines make it (``unserved``)
     logit_bias: dict[str, float] | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    hivemesh: Consensus | None = None  # hivemesh: per-request consensus controls (README, API)
 
     @field_validator("stop")
     @classmethod
@@ -106,40 +162,51 @@ class _Sampling(_Edge):
             return "n", "n > 1 is not supported yet: send one request per choice (with different seeds)."
         if self.logit_bias:
             return _not_yet("logit_bias")
-        if self.top_logprobs:
-            return _not_yet("top_logprobs")
         return None
 
-
-_AUTO = (None, "none", "auto")
+    def top_logprobs_wanted(self) -> int | None:
+        """How many alternatives per token to report, or None when logprobs are not asked for."""
+        return None
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[InMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # at most one call is made per answer, which any value allows
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def unserved(self) -> tuple[str, str] | None:
-        for param, value in (("tools", self.tools), ("functions", self.functions)):
-            if value:
-                return _not_yet(param, " (tool calls)")
-        for param, choice in (("tool_choice", self.tool_choice), ("function_call", self.function_call)):
-            if choice not in _AUTO:
-                return _not_yet(param, " (tool calls)")
-        fmt = (self.response_format or {}).get("type", "text")
-        if fmt != "text":
-            return _not_yet("response_format", f" of type {fmt!r}")
-        if self.logprobs:
-            return _not_yet("logprobs")
+        if self.functions:
+            return "functions", "'functions' is deprecated and not served: send 'tools' instead."
+        if self.function_call not in (None, "none", "auto"):
+            return (
+                "function_call",
+                "'function_call' is deprecated and not served: send 'tool_choice' instead.",
+            )
+        if self.top_logprobs and not self.logprobs:
+            return "top_logprobs", "'top_logprobs' is not served without 'logprobs' set to true."
+        if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
+            return "tool_choice", "'tool_choice' is not served without 'tools'."
+        fmt = self.response_format
+        if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is None:
+            return (
+                "response_format",
+                "'response_format' of type 'json_schema' needs its 'json_schema' object.",
+            )
+        if fmt is not None and fmt.type != "text" and self.tools and self.tool_choice != "none":
+            return "response_format", "'response_format' and 'tools' cannot constrain one answer together."
         return super().unserved()
 
 
@@ -178,11 +245,12 @@ class CompletionRequest(_Sampling):
     def token_limit(self) -> int | None:
         return self.max_tokens
 
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
+
     def unserved(self) -> tuple[str, str] | None:
         if self.echo:
             return _not_yet("echo")
-        if self.logprobs is not None:
-            return _not_yet("logprobs")
         if self.best_of is not None and self.best_of > 1:
             return _not_yet("best_of")
         if self.suffix:

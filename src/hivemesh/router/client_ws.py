@@ -207,9 +207,7 @@ class ClientSocket:
             self.send(error_message(cid, err))
             return
         out = item.outcome
-        self.send(
-            {"type": "result", "id": cid, "verdict": out.verdict, "response": render(out, spec, spec.kind)}
-        )
+        self.send({"type": "result", "id": cid, "verdict": out.verdict, "response": render(out, started)})
 
 
 async def authenticate(ws: WebSocket, auth: Authenticator) -> Principal | None:

@@ -13,6 +13,17 @@ answer to the room left, so only a prompt that leaves no room at all is certain 
 could not travel in one miner frame (``wire.MAX_FRAME``). Prompts between the bound and the real limit reach a
 miner, whose own context error comes back as the same 400 (``context_length_exceeded``), not as a miner failure.
 
+Tools and structured output (``router.structured``) become the task's output constraint and ``logprobs`` its
+``params.logprobs``; both are refused (400 naming the parameter) unless every connected miner serving the model
+advertises them (``ModelCard.structured`` / ``.logprobs``: a miner that cannot would answer unconstrained), and
+logprobs also when ``max_tokens x (top_logprobs + 1)`` entries could not travel in one miner frame.
+
+The ``hivemesh`` extension field sets the task's consensus (``with_consensus``): ``redundancy`` k is k generators
+with a majority quorum (k // 2 + 1) in the voting modes, and one generator with k - 1 verifiers in token mode;
+``disagreement_policy`` ``fail`` turns an answer that is not verified into a 409, ``return_all`` adds every miner's
+answer to the verification block (``Started.answers``), ``best_effort`` (the default) returns the best answer
+with its verdict, as without the field.
+
 A caller that goes away (``until_gone`` resolves) cancels its task: ``RouterService.cancel`` stops the run, whose
 miners are told to cancel, and nothing is billed.
 """
@@ -23,17 +34,27 @@ import asyncio
 import secrets
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import orjson
 
-from hivemesh.errors import ContextTooLong, HivemeshError, InvalidRequest, ModelNotFound, NoMinerAvailable
-from hivemesh.protocol.openai import ChatCompletionRequest, CompletionRequest
-from hivemesh.protocol.wire import MAX_FRAME, ChatMessage, SamplingParams
+from hivemesh.errors import (
+    Conflict,
+    ContextTooLong,
+    HivemeshError,
+    InvalidRequest,
+    ModelNotFound,
+    NoMinerAvailable,
+)
+from hivemesh.protocol.openai import ChatCompletionRequest, CompletionRequest, Consensus
+from hivemesh.protocol.wire import MAX_FRAME, ChatMessage, Constraint, SamplingParams
+from hivemesh.router.answers import answers_of, logprobs_of
 from hivemesh.router.auth import Principal
 from hivemesh.router.domain import Outcome, SessionSpec, TaskSpec
 from hivemesh.router.service import RouterService, new_task_id
+from hivemesh.router.sessions import MAX_VERIFIERS
+from hivemesh.router.structured import shape
 from hivemesh.router.token_run import Run
 
 Kind = Literal["chat", "completion"]
@@ -42,6 +63,10 @@ Body = ChatCompletionRequest | CompletionRequest
 PROMPT_FRAME_BUDGET = MAX_FRAME // 2  # JSON bytes of prompt + stops: the rest of a frame carries the answer
 MAX_TOKEN_BYTES = 128  # no vocabulary token spans more text than this (see the module docstring)
 CLIENT_GONE = "client disconnected"
+LOGPROB_ENTRIES = (
+    60_000  # max_tokens x (top_logprobs + 1): what one Commit frame carries at most (~50 B each)
+)
+Policy = Literal["best_effort", "fail", "return_all"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +76,35 @@ class Started:
     spec: TaskSpec
     run: Run
     limits: dict[str, str] = field(default_factory=dict)
+    policy: Policy = "best_effort"  # the request's disagreement_policy
+    tools: bool = False  # the answer may be a tool call (tools offered, tool_choice not "none")
 
     @property
     def kind(self) -> Kind:
         return self.spec.kind
+
+    def verification(self, outcome: Outcome) -> dict[str, Any]:
+        """The ``hivemesh`` block: the outcome's verification, with every miner's answer under ``return_all``."""
+        block = outcome.verification()
+        if self.policy == "return_all":
+            block["answers"] = answers_of(self.run)
+        return block
+
+    def logprobs(self, outcome: Outcome) -> list[dict[str, Any]] | None:
+        """The answer's logprobs (OpenAI's ``content`` list), when the request asked for them."""
+        if self.spec.params.logprobs is None:
+            return None
+        return logprobs_of(self.run, outcome)
+
+    def judged(self, outcome: Outcome) -> Outcome:
+        """``outcome``, or a 409 when the policy is ``fail`` and the network did not verify it."""
+        if self.policy == "fail" and outcome.verdict != "verified" and outcome.mode != "none":
+            raise Conflict(
+                f"the miners did not agree on an answer (verdict {outcome.verdict}); "
+                "disagreement_policy 'fail' returns none",
+                code="disagreement",
+            )
+        return outcome
 
 
 def kind_of(body: Body) -> Kind:
@@ -101,13 +151,15 @@ class Completions:
         run = await self.service.submit(
             spec, stream=body.stream, default_session=not session_id, durable=durable
         )
-        return Started(spec, run, limits)
+        policy = body.hivemesh.disagreement_policy if body.hivemesh is not None else "best_effort"
+        tools = isinstance(body, ChatCompletionRequest) and bool(body.tools) and body.tool_choice != "none"
+        return Started(spec, run, limits, policy=policy, tools=tools)
 
     async def answer(self, started: Started, until_gone: Awaitable[None] | None = None) -> Outcome:
         """The task's outcome; when ``until_gone`` (the caller's disconnect) resolves first, the task is
         cancelled on every miner and this raises its failure."""
         if until_gone is None:
-            return await answer_of(started.run)
+            return started.judged(await answer_of(started.run))
         watch = asyncio.ensure_future(until_gone)
         tid = started.spec.id
 
@@ -117,7 +169,7 @@ class Completions:
 
         watch.add_done_callback(gone)
         try:
-            return await answer_of(started.run)
+            return started.judged(await answer_of(started.run))
         finally:
             watch.cancel()
 
@@ -147,23 +199,40 @@ class Completions:
             raise InvalidRequest(f"session {session.id} is for model {session.model!r}", param="model")
         if refused := body.unserved():
             raise InvalidRequest(refused[1], param=refused[0])
+        constraint: Constraint | None = None
         if isinstance(body, ChatCompletionRequest):
-            messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
-            prompt = ""
+            shaped = shape(body)
+            messages, prompt, constraint = shaped.messages, "", shaped.constraint
+            if constraint is not None:
+                self.check_served(body.model, "structured", shaped.param or "response_format")
         else:
             messages, prompt = (), body.text()
         self.check_fits(body, messages=messages, prompt=prompt)
         limit = body.token_limit()
         seed = body.engine_seed()
+        max_tokens = min(limit or session.max_tokens, session.max_tokens)
+        top = body.top_logprobs_wanted()
+        if top is not None:
+            self.check_served(body.model, "logprobs", "logprobs")
+            if max_tokens * (top + 1) > LOGPROB_ENTRIES:
+                raise InvalidRequest(
+                    f"max_tokens x (top_logprobs + 1) may be at most {LOGPROB_ENTRIES} with logprobs; "
+                    f"this request asks for {max_tokens} x {top + 1}. Lower max_tokens or top_logprobs.",
+                    param="top_logprobs" if top else "max_tokens",
+                )
         params = SamplingParams(
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
-            max_tokens=min(limit or session.max_tokens, session.max_tokens),
+            max_tokens=max_tokens,
             stop=body.stops(),
             seed=secrets.randbits(31) if seed is None else seed,
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
+            constraint=constraint,
+            logprobs=top,
         )
+        if body.hivemesh is not None:
+            session = with_consensus(session, body.hivemesh)
         return TaskSpec(
             id=new_task_id(),
             session=session,
@@ -175,6 +244,21 @@ class Completions:
             stream=body.stream,
             created_at=time.time(),
         )
+
+    def check_served(self, model: str, feature: Literal["structured", "logprobs"], param: str) -> None:
+        """Refuse a feature unless every connected miner serving ``model`` advertises it on its card."""
+        cards = [c for ln in self.service.hub.serving(model) for c in ln.cards if c.id == model]
+        if not cards or not all(getattr(c, feature) for c in cards):
+            what = (
+                "constrain their output (tools, response_format)"
+                if feature == "structured"
+                else "report logprobs"
+            )
+            raise InvalidRequest(
+                f"'{param}' is not served for {model!r}: not every miner serving it can {what}. "
+                "Remove it to run the request.",
+                param=param,
+            )
 
     def check_fits(self, body: Body, *, messages: tuple[ChatMessage, ...] = (), prompt: str = "") -> None:
         """Refuse a prompt that provably cannot fit the model's context, or a miner frame (module docstring)."""
@@ -203,3 +287,19 @@ class Completions:
                 f"{at_least} tokens. Please reduce the length of the {param}.",
                 param=param,
             )
+
+
+def with_consensus(session: SessionSpec, consensus: Consensus) -> SessionSpec:
+    """The session as this request's ``hivemesh`` field sets it (module docstring)."""
+    k = consensus.redundancy
+    if k is None:
+        return session
+    if session.mode == "token":
+        if not 2 <= k <= MAX_VERIFIERS + 1:
+            raise InvalidRequest(
+                f"hivemesh.redundancy must be between 2 and {MAX_VERIFIERS + 1} in token mode "
+                "(one generator and redundancy - 1 verifiers)",
+                param="hivemesh.redundancy",
+            )
+        return replace(session, verifiers=k - 1)
+    return replace(session, redundancy=k, quorum=k // 2 + 1)

@@ -7,6 +7,11 @@ carries ``finish_reason``, or with ``stream_options.include_usage`` the usage ch
 Requests start through ``router.completions`` (the path every door shares: refusals of unserved parameters and
 prompts that cannot fit, limits, reservation). A client that disconnects, mid-stream or while waiting for a
 non-streamed answer, cancels its task on every miner; nothing is billed for it.
+
+Tool calls (``router.structured``): an answer that is a call is sent as ``message.tool_calls`` with
+``finish_reason: "tool_calls"``; in a stream, once the answer's first non-blank character shows it is a call, its
+text is held back and the call goes out as one ``delta.tool_calls`` chunk before the finish. Logprobs are the
+generator's (``router.answers``); in a stream they ride on the finish chunk, all at once.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from hivemesh.errors import HivemeshError, InvalidRequest, ModelNotFound
 from hivemesh.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, model_entry
 from hivemesh.protocol.wire import MAX_FRAME
 from hivemesh.router.auth import Authenticator, Principal
-from hivemesh.router.completions import CLIENT_GONE, Body, Completions, Kind, Started, user_error
+from hivemesh.router.completions import CLIENT_GONE, Body, Completions, Started, user_error
 from hivemesh.router.domain import Outcome, TaskSpec
 from hivemesh.router.runner import StreamEnd
 from hivemesh.router.service import RouterService
 from hivemesh.router.sse import DONE, frame
+from hivemesh.router.structured import looks_like_call, tool_call
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -164,16 +170,17 @@ class OpenAIApi:
     async def respond(self, started: Started, request: Request, *, include_usage: bool) -> Response:
         """The answer as OpenAI sends it: a stream of chunks, or one body once the task has ended."""
         if started.spec.stream:
-            resp = self.stream_response(started.run, started.spec, started.kind, include_usage=include_usage)
+            resp = self.stream_response(started, include_usage=include_usage)
             resp.headers.update(started.limits)
             return resp
         outcome = await self.completions.answer(started, until_disconnect(request))
         return JSONResponse(
-            render(outcome, started.spec, started.kind),
+            render(outcome, started),
             headers={**outcome_headers(outcome), **started.limits},
         )
 
-    def stream_response(self, run: Run, spec: TaskSpec, kind: Kind, *, include_usage: bool) -> Response:
+    def stream_response(self, started: Started, *, include_usage: bool) -> Response:
+        run, spec, kind = started.run, started.spec, started.kind
         assert run.stream is not None
         queue = run.stream
         created = int(spec.created_at)
@@ -205,12 +212,17 @@ class OpenAIApi:
 
         async def events() -> AsyncIterator[bytes]:
             item: str | StreamEnd = ""
+            held = ""  # text held back while it may be a tool call (blank so far, or starting with "{")
+            started_text = False
             try:
                 if kind == "chat":
                     yield chunk([piece("", first=True)])
                 item = await queue.get()
                 while isinstance(item, str):
-                    yield chunk([piece(item)])
+                    held += item
+                    if started_text or not started.tools or (held.strip() and not looks_like_call(held)):
+                        yield chunk([piece(held)])  # text: from here on it streams as it comes
+                        held, started_text = "", True
                     item = await queue.get()
             finally:  # not at the end: the client went away (the server stopped iterating), stop the miners
                 if not isinstance(item, StreamEnd):
@@ -220,11 +232,36 @@ class OpenAIApi:
                 yield frame(err.body())
                 return
             out = item.outcome
+            try:
+                started.judged(out)
+            except HivemeshError as exc:
+                yield frame(exc.body())
+                return
+            call = tool_call(out.text, spec.id) if started.tools else None
+            finish: str = out.finish_reason
+            if call is not None:
+                yield chunk(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"tool_calls": [{"index": 0, **call}]},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+                finish = "tool_calls"
+            elif held:
+                yield chunk([piece(held)])
+            last = piece("", finish=finish)
+            if (lps := started.logprobs(out)) is not None:
+                last["logprobs"] = chat_logprobs(lps) if kind == "chat" else legacy_logprobs(lps)
+            block = started.verification(out)
             if include_usage:  # OpenAI's contract: the usage chunk, after the finish, has no choices
-                yield chunk([piece("", finish=out.finish_reason)])
-                yield chunk([], hivemesh=out.verification(), usage=usage_json(out))
+                yield chunk([last])
+                yield chunk([], hivemesh=block, usage=usage_json(out))
             else:  # a loop over chunk.choices[0] must not break: the verdict rides on the finish chunk
-                yield chunk([piece("", finish=out.finish_reason)], hivemesh=out.verification())
+                yield chunk([last], hivemesh=block)
             yield DONE
 
         return StreamingResponse(
@@ -297,18 +334,47 @@ def outcome_headers(out: Outcome) -> dict[str, str]:
     }
 
 
-def render(out: Outcome, spec: TaskSpec, kind: Kind) -> dict[str, Any]:
+def chat_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"content": entries, "refusal": None}
+
+
+def legacy_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The legacy completions shape: parallel lists, top alternatives as {token: logprob}."""
+    offsets, at = [], 0
+    for e in entries:
+        offsets.append(at)
+        at += len(e["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def render(out: Outcome, started: Started) -> dict[str, Any]:
+    spec, kind = started.spec, started.kind
     tid = spec.id.removeprefix("task_")
+    lps = started.logprobs(out)
     if kind == "chat":
+        call = tool_call(out.text, spec.id) if started.tools else None
+        message: dict[str, Any] = {"role": "assistant", "content": out.text, "refusal": None}
+        if call is not None:
+            message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
         choice: dict[str, Any] = {
             "index": 0,
-            "message": {"role": "assistant", "content": out.text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": out.finish_reason,
+            "message": message,
+            "logprobs": None if lps is None else chat_logprobs(lps),
+            "finish_reason": "tool_calls" if call is not None else out.finish_reason,
         }
         obj, cid = "chat.completion", "chatcmpl-" + tid
     else:
-        choice = {"index": 0, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
+        choice = {
+            "index": 0,
+            "text": out.text,
+            "logprobs": None if lps is None else legacy_logprobs(lps),
+            "finish_reason": out.finish_reason,
+        }
         obj, cid = "text_completion", "cmpl-" + tid
     return {
         "id": cid,
@@ -318,5 +384,5 @@ def render(out: Outcome, spec: TaskSpec, kind: Kind) -> dict[str, Any]:
         "choices": [choice],
         "usage": usage_json(out),
         "system_fingerprint": "hivemesh",
-        "hivemesh": out.verification(),
+        "hivemesh": started.verification(out),
     }
