@@ -1,7 +1,7 @@
 """Real servers for the integration tests, shared by every directory under ``tests/integration``.
 
 - ``pg_server`` (session): a PostgreSQL base URL: ``HIVEMESH_TEST_PG_URL`` if set (a server where this user may
-  CREATE DATABASE), else a throwaway server started from Debian's binaries (``ledger/ledger_pgserver.py``), else
+  CREATE DATABASE), else a throwaway server started from Debian's binaries (``hivemesh.cluster.PgServer``), else
   the PostgreSQL tests are skipped with the reason. ``pg_database``: a fresh database on it per test.
 - ``redis_server`` (session): a private ``redis-server`` on a loopback port (``hivemesh.cluster.RedisServer``),
   or ``HIVEMESH_TEST_REDIS_URL`` if set, else the broker tests are skipped with the reason. ``redis_url``: that
@@ -18,11 +18,10 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from hivemesh.cluster.postgres_server import INSTALL_HINT as PG_HINT
+from hivemesh.cluster.postgres_server import PgServer, PgUnavailable
 from hivemesh.cluster.redis_server import INSTALL_HINT as REDIS_HINT
 from hivemesh.cluster.redis_server import BrokerUnavailable, RedisServer
-
-from .ledger.ledger_pgserver import INSTALL_HINT as PG_HINT
-from .ledger.ledger_pgserver import PgServer, PgUnavailable
 
 PG_URL_ENV = "HIVEMESH_TEST_PG_URL"
 REDIS_URL_ENV = "HIVEMESH_TEST_REDIS_URL"
