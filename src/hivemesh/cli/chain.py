@@ -19,7 +19,8 @@ from hivemesh.identity import Identity
 from hivemesh.ledger import Ledger, StakePools
 
 CHAIN_FILE = "chain.json"
-GAS_MONEY = 10 * COR  # native value each local key gets on a local chain, for its own transactions
+GAS_MONEY = 10 * COR  # native value each miner's key gets on a local chain, for its own transactions
+ROUTER_FUNDS = 100_000 * COR  # the router's key: it pays the demo deposits and the miners' stakes in
 
 chain_app = typer.Typer(
     help="The EVM chain: deploy the contracts a router's ledger runs on.", no_args_is_help=True
@@ -106,6 +107,7 @@ def start_local_chain(data_dir: Path, miners: list[Identity], others: list[Ident
     install_anvil()
     chain_dir = data_dir / "chain"
     chain_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     port_file = chain_dir / "port"
     port = int(port_file.read_text()) if port_file.exists() else None
     node = Anvil.start(
@@ -119,11 +121,12 @@ def start_local_chain(data_dir: Path, miners: list[Identity], others: list[Ident
         chain.w3.to_checksum_address(_deployed_pool(router_dir))
     ) in (b"", None):
         deploy_to(node.url, router_dir, admin, cooldown_s=60)
-    for ident in [*miners, *others]:
-        if chain.native_balance(ident.address) < GAS_MONEY // 2:
+    wanted = [(m, GAS_MONEY) for m in miners] + [(o, ROUTER_FUNDS) for o in others]
+    for ident, value in wanted:
+        if chain.native_balance(ident.address) < value // 2:
             tx = {
                 "to": ident.address,
-                "value": GAS_MONEY,
+                "value": value,
                 "gas": 21_000,
                 "gasPrice": chain.w3.eth.gas_price * 2,
                 "nonce": chain.nonces.take(admin.address),
