@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from hivemesh.cluster.broker import Broker
 from hivemesh.config import MinerConfig, RouterConfig
 from hivemesh.dashboard import dashboard_routes
 from hivemesh.engines.base import Engine
@@ -62,11 +63,13 @@ async def open_ledger(config: RouterConfig) -> Ledger:
 async def build_router(config: RouterConfig, embedder: Any = _LOAD) -> tuple[Any, RouterService, Store]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     identity = Identity.load_or_create(config.data_dir / "router.key")
+    # the cluster's broker first: an unreachable one is one sentence before anything else is opened
+    broker = await Broker.connect(config.cluster_url) if config.cluster_url else None
     store = await Store.open(config.db_url)
     if embedder is _LOAD:
         embedder = await asyncio.to_thread(load_embedder, config.semantic)
     ledger = await open_ledger(config)
-    service = RouterService(config, store, identity, embedder, ledger=ledger)
+    service = RouterService(config, store, identity, embedder, ledger=ledger, broker=broker)
     auth = LedgerKeys(StaticKeys(config.api_keys or read_lines(config.data_dir / "api_keys.txt")), ledger)
     install_metrics(service)
     network = NetworkApi(service, config.validators or read_lines(config.data_dir / "validators.txt"))
@@ -91,6 +94,8 @@ async def serve_router(
         await store.close()
         if service.ledger is not None:
             await service.ledger.close()
+        if service.broker is not None:
+            await service.broker.close()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
     port = sock.getsockname()[1]
     server = uvicorn.Server(

@@ -45,7 +45,13 @@ ORPHAN_MARGIN_S = 5.0  # beyond the queue timeout: a hold older than both with n
 
 class RouterService:
     def __init__(
-        self, config: RouterConfig, store: Store, identity: Identity, embedder: Any = None, ledger: Any = None
+        self,
+        config: RouterConfig,
+        store: Store,
+        identity: Identity,
+        embedder: Any = None,
+        ledger: Any = None,
+        broker: Broker | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -54,8 +60,8 @@ class RouterService:
         self.hub = MinerHub(identity, store)
         self.ledger = ledger  # hivemesh.ledger.Ledger, or None: nothing is billed
         self.billing = Billing(ledger, config.billing) if ledger is not None else None
-        self.limiter: Limiter = LocalLimiter()  # SharedLimiter once start() has joined the cluster's broker
-        self.broker: Broker | None = None  # the cluster's broker (config.cluster_url), connected by start()
+        self.broker = broker  # the cluster's broker (config.cluster_url), or None: a router on its own
+        self.limiter: Limiter = LocalLimiter() if broker is None else SharedLimiter(broker)
         if self.billing is not None:
             self.hub.on_strike = self._on_strike
             self.hub.admit = self._admit
@@ -64,6 +70,9 @@ class RouterService:
         self.reputation.on_refresh = self.hub.rescore  # other routers' work moves the node pool's indexes too
         self.scheduler = Scheduler(self.hub, queue_timeout_s=config.queue_timeout_s)
         self.sessions = Sessions(store, config.defaults)
+        if broker is not None:  # a change is announced to every router at once; the TTL is a safety net
+            self.sessions.ttl_s = 30.0
+            self.sessions.on_change = self._announce_session
         self._bg: set[asyncio.Task[Any]] = set()
         self._drives: dict[
             str, tuple[Run, asyncio.Task[Any]]
@@ -76,30 +85,24 @@ class RouterService:
             self.observers.append(self._settle)
 
     async def start(self) -> None:
-        if self.config.cluster_url:
-            await self._join_broker(self.config.cluster_url)
+        if self.broker is not None:
+            sessions = self.sessions
+            self.broker.subscribe(SESSION_CHANNEL, lambda data: sessions.forget(data.decode()))
+            self.broker.on_gap.append(
+                sessions.forget
+            )  # messages may have been lost: read every session again
         await self.reputation.load()
         await self._load_known_models()
         self.scheduler.start()
         self._spawn(self._recover(), "recover")
 
-    async def _join_broker(self, url: str) -> None:
-        """Network-wide rate limits and session changes through the broker (sessions then cached 30 s: a
-        change is announced to every router at once, the TTL is a safety net for a lost message)."""
-        broker = self.broker = await Broker.connect(url)
-        self.limiter = SharedLimiter(broker)
-        sessions = self.sessions
-        sessions.ttl_s = 30.0
-
-        async def announce(session_id: str) -> None:
-            try:
-                await broker.publish(SESSION_CHANNEL, session_id)
-            except (RedisError, OSError) as exc:  # the others read it again within their TTL
-                log.warning("session change not announced session=%s error=%s", session_id, str(exc)[:200])
-
-        sessions.on_change = announce
-        broker.subscribe(SESSION_CHANNEL, lambda data: sessions.forget(data.decode()))
-        broker.on_gap.append(sessions.forget)  # messages may have been lost: read every session again
+    async def _announce_session(self, session_id: str) -> None:
+        """Tell the other routers of the cluster that a session changed (they drop their cached copy)."""
+        assert self.broker is not None
+        try:
+            await self.broker.publish(SESSION_CHANNEL, session_id)
+        except (RedisError, OSError) as exc:  # the others read it again within their TTL
+            log.warning("session change not announced session=%s error=%s", session_id, str(exc)[:200])
 
     async def _load_known_models(self) -> None:
         """Every model a miner has announced here, from the nodes' records: after a restart, a request for one
