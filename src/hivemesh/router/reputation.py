@@ -43,6 +43,7 @@ from hivemesh.store.db import Store
 log = logging.getLogger(__name__)
 
 HOUR = 3600
+OVERLAP_S = 5.0  # a refresh re-reads rows this much older than its last look (routers' clocks, commit delays)
 COUNTER_FIELDS = tuple(f.name for f in fields(Counters))
 
 FORMULA = (
@@ -101,7 +102,7 @@ class Reputation:
     # ------------------------------------------------------------------ lifecycle
 
     async def load(self) -> None:
-        self._seen = time.time() - 1.0
+        self._seen = time.time() - OVERLAP_S
         since = bucket_of(time.time() - self.window_s)
         for r in await self.store.fetch_all(select(s.node_stats).where(s.node_stats.c.bucket >= since)):
             self.buckets[r["node"]][r["bucket"]] = Counters(**{f: r[f] for f in COUNTER_FIELDS})
@@ -155,22 +156,31 @@ class Reputation:
             raise
 
     async def refresh(self) -> None:
-        """Read back the rows other routers wrote since the last look (this router's unflushed work on top)."""
+        """Read back the rows other routers wrote since the last look (this router's unflushed work on top); the
+        node pool rescores the nodes whose record changed."""
         self._refreshed = time.monotonic()
-        since, self._seen = self._seen, time.time() - 1.0  # a second's overlap: clocks and commits in flight
+        # rows carry their writer's clock and commit a little after it: look back OVERLAP_S further
+        since, self._seen = self._seen, time.time() - OVERLAP_S
         stats, levels = await rows.changed_since(self.store, since, bucket_of(time.time() - self.window_s))
+        moved: set[str] = set()
         for node, bucket, c in stats:
-            self.buckets[node][bucket] = c + self._deltas.get((node, bucket), Counters())
-            self._cache.pop(node, None)
+            now = c + self._deltas.get((node, bucket), Counters())
+            if self.buckets[node].get(bucket) != now:
+                self.buckets[node][bucket] = now
+                self._cache.pop(node, None)
+                moved.add(node)
         for node, row in levels.items():
             state = row.state
             for success in self._outcomes.get(node, ()):
                 state = apply_outcome(state, success)
-            self.levels[node] = state
-            if node not in self._dirty_quarantine:
+            if self.levels.get(node) != state:
+                self.levels[node] = state
+                moved.add(node)
+            if node not in self._dirty_quarantine and self.quarantine.get(node, False) != row.quarantined:
                 self.quarantine[node] = row.quarantined
-        if self.on_refresh is not None and (stats or levels):
-            self.on_refresh({n for n, _, _ in stats} | set(levels))
+                moved.add(node)
+        if self.on_refresh is not None and moved:
+            self.on_refresh(moved)
 
     # ------------------------------------------------------------------ recording
 

@@ -60,12 +60,17 @@ async def test_two_routers_counters_and_levels_add_up(db_url: str) -> None:
             assert state == _all_successes(served), n
 
         # each router reads the other's work back: B's view of a node is the network's
+        rescored: list[set[str]] = []
+        a.on_refresh = lambda nodes: rescored.append(set(nodes))
         await b.refresh()
         await a.refresh()
         for rep in (a, b):
             for n in NODES:
                 assert rep.window(n).assigned == on_a[n] + on_b[n]
                 assert rep.levels[n] == _all_successes(on_a[n] + on_b[n])
+        assert rescored == [set(NODES)]  # the node pool rescores what moved, and only that
+        await a.refresh()
+        assert rescored == [set(NODES)]
     finally:
         await a.close()
         await b.close()
