@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from hivemesh.core.sampling import MASKED, History, Sampler, TokenCheck, masked
+from hivemesh.core.sampling import MASKED, History, Sampler, TokenCheck
 from hivemesh.engines import numerics
 from hivemesh.engines.base import (
     Event,
@@ -38,7 +38,7 @@ from hivemesh.engines.base import (
     TokenChecks,
     VerifyRequest,
 )
-from hivemesh.engines.grammar import GrammarMask, gbnf
+from hivemesh.engines.grammar import GrammarMask, constrained_row, gbnf
 from hivemesh.errors import ContextTooLong, ServiceUnavailable
 from hivemesh.protocol.wire import ModelCard, SamplingParams, TokenLogprob, TopLogprob, Usage
 
@@ -293,7 +293,7 @@ class LlamaCppEngine:
                 raise _Cancelled
             row = self._last_logits()
             if grammar is not None:
-                row = masked(row, grammar.allowed())
+                row = constrained_row(row, grammar, sampler, exact=p.logprobs is not None)
             dist = history.logprobs(row, sampler) if p.logprobs is not None else None
             tok = history.pick(row, sampler)
             if self._is_eog(tok):
@@ -423,9 +423,8 @@ class LlamaCppEngine:
                 row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(j), shape=(n_vocab,))
                 tok = claimed[i]
                 if grammar is not None:
-                    allowed = grammar.allowed()
-                    row = masked(row, allowed)
-                    if not allowed[tok]:
+                    row = constrained_row(row, grammar, sampler, claimed=tok)
+                    if row[tok] == np.float32(MASKED):  # forbidden
                         grammar = None
                     elif not self._is_eog(tok):
                         grammar.accept(tok)

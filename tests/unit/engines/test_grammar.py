@@ -6,10 +6,13 @@ import asyncio
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 
+from hivemesh.core.sampling import Sampler, check, masked, pick
 from hivemesh.engines.base import Finished, GenerationRequest, Piece, VerifyRequest
-from hivemesh.engines.grammar import check, dumps_schema, gbnf, schema_example
+from hivemesh.engines.grammar import check as check_constraint
+from hivemesh.engines.grammar import constrained_row, dumps_schema, gbnf, schema_example
 from hivemesh.engines.instant import InstantEngine
 from hivemesh.protocol.wire import ChatMessage, Constraint, SamplingParams
 
@@ -38,8 +41,8 @@ def test_free_text_is_an_alternative_only_when_allowed() -> None:
 def test_a_schema_the_converter_cannot_take_is_named() -> None:
     pytest.importorskip("llama_cpp")
     bad = Constraint(json_schema=dumps_schema({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}))
-    assert check(bad) is not None
-    assert check(Constraint(json_schema=dumps_schema(CITY))) is None
+    assert check_constraint(bad) is not None
+    assert check_constraint(Constraint(json_schema=dumps_schema(CITY))) is None
 
 
 @pytest.mark.parametrize(
@@ -80,3 +83,35 @@ def test_instant_engine_answers_a_constraint_and_verifies_it() -> None:
         assert checks.text_ok and max(checks.margins) == 0.0
 
     asyncio.run(go())
+
+
+class FixedGrammar:
+    """A grammar that allows a fixed set of tokens (the shape of ``GrammarMask`` that ``constrained_row`` uses)."""
+
+    def __init__(self, allowed: np.ndarray) -> None:
+        self.mask = allowed
+        self.full = 0
+
+    def allowed(self) -> np.ndarray:
+        self.full += 1
+        return self.mask
+
+    def allowed_among(self, ids: np.ndarray) -> np.ndarray:
+        return self.mask[ids]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.5])
+@pytest.mark.parametrize("share", [0.9, 0.2, 0.002])
+def test_the_shortlist_picks_and_checks_as_the_full_mask_does(temperature: float, share: float) -> None:
+    rng = np.random.default_rng(int(temperature * 10 + share * 1000))
+    sampler = Sampler(temperature=temperature, seed=9)
+    for position in range(20):
+        logits = (rng.standard_normal(4096) * 3).astype(np.float32)
+        grammar = FixedGrammar(rng.random(4096) < share)
+        full = masked(logits, grammar.mask)
+        claims = [int(np.argmax(full)), int(rng.integers(4096)), int(np.argsort(-full)[1])]
+        for claimed in claims:
+            short = constrained_row(logits, grammar, sampler, claimed=claimed)  # type: ignore[arg-type]
+            a, b = check(full, claimed, sampler, position), check(short, claimed, sampler, position)
+            assert (a.pick, a.margin) == (b.pick, b.margin)
+            assert pick(full, sampler, position) == pick(short, sampler, position)
