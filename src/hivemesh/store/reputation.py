@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 
@@ -29,7 +29,7 @@ from hivemesh.store import schema as s
 from hivemesh.store.db import Store
 
 COUNTER_FIELDS = tuple(f.name for f in fields(Counters))
-_ROWS_PER_STATEMENT = 500  # 16 parameters a row: well under SQLite's 32,766 bound parameters
+_ROWS_PER_SELECT = 500  # nodes per ``IN (...)``: well under SQLite's 32,766 bound parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,24 +43,24 @@ def _insert(store: Store) -> Any:
     return (postgresql if store.engine.dialect.name == "postgresql" else sqlite).insert
 
 
-def add_counters(store: Store, deltas: Mapping[tuple[str, int], Counters]) -> list[Executable]:
-    """Statements adding each ``(node, bucket)``'s counters to its row (created at zero if missing)."""
+def add_counters(store: Store, deltas: Mapping[tuple[str, int], Counters]) -> list[tuple[Executable, Any]]:
+    """``(statement, rows)`` adding each ``(node, bucket)``'s counters to its row (created at zero if missing):
+    one upsert run as an executemany, for the store's writer."""
+    if not deltas:
+        return []
     now = time.time()
     rows = [
         {"node": node, "bucket": bucket, **asdict(c), "updated_at": now}
         for (node, bucket), c in sorted(deltas.items())
     ]
-    out: list[Executable] = []
-    for i in range(0, len(rows), _ROWS_PER_STATEMENT):
-        ins = _insert(store)(s.node_stats).values(rows[i : i + _ROWS_PER_STATEMENT])
-        t = s.node_stats.c
-        add = {f: t[f] + ins.excluded[f] for f in COUNTER_FIELDS}
-        out.append(
-            ins.on_conflict_do_update(
-                index_elements=["node", "bucket"], set_={**add, "updated_at": ins.excluded.updated_at}
-            )
-        )
-    return out
+    t = s.node_stats
+    names = ["node", "bucket", *COUNTER_FIELDS, "updated_at"]
+    ins = _insert(store)(t).values({n: bindparam(n) for n in names})
+    add = {f: t.c[f] + ins.excluded[f] for f in COUNTER_FIELDS}
+    stmt = ins.on_conflict_do_update(
+        index_elements=["node", "bucket"], set_={**add, "updated_at": ins.excluded.updated_at}
+    )
+    return [(stmt, rows)]
 
 
 async def apply_outcomes(
@@ -79,22 +79,30 @@ async def apply_outcomes(
             dict(node=n, level=0, streak=0, successes=0, attempts=0, quarantined=False, updated_at=now)
             for n in nodes
         ]
-        for i in range(0, len(fresh), _ROWS_PER_STATEMENT):
-            ins = _insert(store)(t).values(fresh[i : i + _ROWS_PER_STATEMENT])
-            await conn.execute(ins.on_conflict_do_nothing(index_elements=["node"]))
-        for i in range(0, len(nodes), _ROWS_PER_STATEMENT):
-            part = nodes[i : i + _ROWS_PER_STATEMENT]
+        ins = _insert(store)(t).values({n: bindparam(n) for n in fresh[0]})
+        await conn.execute(ins.on_conflict_do_nothing(index_elements=["node"]), fresh)
+        for i in range(0, len(nodes), _ROWS_PER_SELECT):
+            part = nodes[i : i + _ROWS_PER_SELECT]
             q = select(t).where(t.c.node.in_(part)).order_by(t.c.node).with_for_update()
             for r in (await conn.execute(q)).mappings():
                 state = LevelState(r["level"], r["streak"], r["successes"], r["attempts"])
                 for success in outcomes.get(r["node"], ()):
                     state = apply_outcome(state, success)
                 out[r["node"]] = state
-        for node, state in out.items():
-            values: dict[str, Any] = {**asdict(state), "updated_at": now}
-            if node in quarantined:
-                values["quarantined"] = quarantined[node]
-            await conn.execute(t.update().where(t.c.node == node).values(**values))
+        # one executemany per shape (with or without the quarantine flag), not a statement per node
+        for marked in (True, False):
+            params = [
+                {"b_node": node, **asdict(state), "updated_at": now}
+                | ({"quarantined": quarantined[node]} if marked else {})
+                for node, state in out.items()
+                if (node in quarantined) == marked
+            ]
+            if params:
+                names = [*asdict(LevelState()), "updated_at", *(["quarantined"] if marked else [])]
+                stmt = (
+                    t.update().where(t.c.node == bindparam("b_node")).values({n: bindparam(n) for n in names})
+                )
+                await conn.execute(stmt, params)
     return out
 
 
