@@ -88,9 +88,8 @@ class RouterService:
         if self.broker is not None:
             sessions = self.sessions
             self.broker.subscribe(SESSION_CHANNEL, lambda data: sessions.forget(data.decode()))
-            self.broker.on_gap.append(
-                sessions.forget
-            )  # messages may have been lost: read every session again
+            # after a broken subscription messages may have been lost: every cached session is read again
+            self.broker.on_gap.append(sessions.forget)
         await self.reputation.load()
         await self._load_known_models()
         self.scheduler.start()
