@@ -7,7 +7,7 @@ The real model's constrained answers are in ``test_openai_structured_real_model.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -19,7 +19,7 @@ from hivemesh.engines.base import Event, GenerationRequest
 from hivemesh.engines.instant import InstantEngine
 from hivemesh.protocol.wire import ModelCard
 
-from ..conftest import API_KEY, Network
+from ..conftest import API_KEY, LoopThread, Network
 
 MODEL = "instant-echo"
 MSG = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -50,12 +50,21 @@ PERSON = {
 }
 
 
-@pytest.fixture
-def net(network: Network) -> Network:
-    network.start_router(defaults=TOKEN)
-    network.add_miner("a")
-    network.add_miner("b")
-    return network
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    """One token-mode network for the tests that only read answers (the others build their own)."""
+    lt = LoopThread()
+    shared = Network(lt, tmp_path_factory.mktemp("structured"))
+    try:
+        shared.start_router(defaults=TOKEN)
+        shared.add_miner("a")
+        shared.add_miner("b")
+        yield shared
+    finally:
+        try:
+            shared.close()
+        finally:
+            lt.stop()
 
 
 def post(net: Network, path: str, body: dict[str, Any]) -> httpx.Response:

@@ -207,6 +207,11 @@ class ClientSocket:
             self.send(error_message(cid, err))
             return
         out = item.outcome
+        try:
+            started.judged(out)  # disagreement_policy "fail": an answer that is not verified is an error
+        except HivemeshError as exc:
+            self.send(error_message(cid, exc))
+            return
         self.send({"type": "result", "id": cid, "verdict": out.verdict, "response": render(out, started)})
 
 
