@@ -6,6 +6,7 @@ The real model's constrained answers are in ``test_openai_structured_real_model.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -334,3 +335,23 @@ def test_langchain_chat_openai_with_tools_and_structured_output(net: Network) ->
     assert person == {"name": "", "age": 7}
     chunks = list(llm.stream("hello"))
     assert "".join(str(c.content) for c in chunks)
+
+
+def test_async_sdk_streams_a_tool_call_and_json(net: Network) -> None:
+    async def go() -> tuple[list[Any], str]:
+        async with openai.AsyncOpenAI(base_url=net.base_url, api_key=API_KEY, max_retries=0) as client:
+            calls = [
+                tc
+                async for c in await client.chat.completions.create(
+                    model=MODEL, messages=MSG, tools=[WEATHER], tool_choice="required", stream=True
+                )
+                if c.choices
+                for tc in c.choices[0].delta.tool_calls or []
+            ]
+            r = await client.chat.completions.create(
+                model=MODEL, messages=MSG, response_format={"type": "json_object"}
+            )
+            return calls, r.choices[0].message.content or ""
+
+    calls, text = asyncio.run(go())
+    assert [c.function.name for c in calls] == ["get_weather"] and json.loads(text) == {}
