@@ -181,13 +181,13 @@ def constrained_row(
     ok = grammar.allowed_among(top)
     if not ok.any():
         return masked(row, grammar.allowed())
-    if not sampler.greedy:
-        if sampler.min_p <= 0.0:
-            return masked(row, grammar.allowed())
-        outside = float(np.partition(z, z.shape[0] - SHORTLIST - 1)[z.shape[0] - SHORTLIST - 1])
-        floor = float(z[top[ok]].max()) + sampler.temperature * float(np.log(sampler.min_p))
-        if outside >= floor:
-            return masked(row, grammar.allowed())
+    if not sampler.greedy and sampler.min_p <= 0.0:
+        return masked(row, grammar.allowed())
+    outside = float(np.partition(z, z.shape[0] - SHORTLIST - 1)[z.shape[0] - SHORTLIST - 1])  # best left out
+    best = float(z[top[ok]].max())
+    floor = best if sampler.greedy else best + sampler.temperature * float(np.log(sampler.min_p))
+    if outside >= floor:  # a token left out could matter (greedy: a tie with the best allowed one)
+        return masked(row, grammar.allowed())
     out = np.full_like(z, np.float32(MASKED))
     keep = top[ok]
     out[keep] = z[keep]

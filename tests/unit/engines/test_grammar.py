@@ -115,3 +115,13 @@ def test_the_shortlist_picks_and_checks_as_the_full_mask_does(temperature: float
             a, b = check(full, claimed, sampler, position), check(short, claimed, sampler, position)
             assert (a.pick, a.margin) == (b.pick, b.margin)
             assert pick(full, sampler, position) == pick(short, sampler, position)
+
+
+def test_ties_across_the_shortlist_edge_pick_as_the_full_mask_does() -> None:
+    logits = np.zeros(4096, dtype=np.float32)
+    logits[100:400] = 5.0  # 300 tied best tokens: some are left out of a 256-token shortlist
+    grammar = FixedGrammar(np.ones(4096, dtype=bool))
+    for temperature in (0.0, 0.7):
+        sampler = Sampler(temperature=temperature, seed=3)
+        short = constrained_row(logits, grammar, sampler)  # type: ignore[arg-type]
+        assert pick(short, sampler, 0) == pick(masked(logits, grammar.mask), sampler, 0)
