@@ -355,3 +355,23 @@ def test_async_sdk_streams_a_tool_call_and_json(net: Network) -> None:
 
     calls, text = asyncio.run(go())
     assert [c.function.name for c in calls] == ["get_weather"] and json.loads(text) == {}
+
+
+def test_session_api_completions_take_the_same_parameters(net: Network) -> None:
+    h = {"authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=net.url + "/api/v1", headers=h, timeout=30) as c:
+        sid = c.post("/sessions", json={"mode": "token"}).json()["id"]
+        fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+        r = c.post(f"/completions/{sid}", json={"messages": MSG, "response_format": fmt, "logprobs": True})
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        assert (
+            json.loads(choice["message"]["content"]) == {"name": "", "age": 7}
+            and choice["logprobs"]["content"]
+        )
+        call = c.post(
+            f"/completions/{sid}", json={"messages": MSG, "tools": [ADD], "tool_choice": "required"}
+        )
+        assert call.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "add"
+        refused = c.post(f"/completions/{sid}", json={"prompt": "hi", "tools": [ADD]})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "tools"

@@ -98,6 +98,16 @@ class SubmitPrompt(BaseModel):
     seed: int | None = None
     stream: bool = False
     wait: bool = True  # false: answer 202 with the task id at once; poll the task
+    # passed on as sent, validated by the OpenAI request models (chat only, except logprobs and hivemesh)
+    tools: Any = None
+    tool_choice: Any = None
+    response_format: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    hivemesh: Any = None
+
+    def passed(self, *names: str) -> dict[str, Any]:
+        return {n: v for n in names if (v := getattr(self, n)) is not None}
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -399,10 +409,15 @@ class SessionApi:
             "seed": body.seed,
             "stream": body.stream and body.wait,
         }
+        common |= body.passed("logprobs", "hivemesh")
+        chat_only = body.passed("tools", "tool_choice", "response_format", "top_logprobs")
         req: ChatCompletionRequest | CompletionRequest
         if body.messages:
-            req = validate(ChatCompletionRequest, {**common, "messages": body.messages})
+            req = validate(ChatCompletionRequest, {**common, **chat_only, "messages": body.messages})
         elif body.prompt is not None:
+            if chat_only:
+                param = next(iter(chat_only))
+                raise InvalidRequest(f"'{param}' needs messages (a chat task), not a prompt", param=param)
             req = validate(CompletionRequest, {**common, "prompt": body.prompt})
         else:
             raise InvalidRequest("give a prompt or messages", param="prompt")
