@@ -72,27 +72,6 @@ SAMPLED_TEMPERATURE: Final = 0.8
 # ---------------------------------------------------------------------------------------------- llama.cpp
 
 
-def avoid_repack_crash() -> None:
-    """Load models without llama.cpp's extra buffer types (weight repacking, AMX tiles), process-wide.
-
-    llama-cpp-python 0.3.36 compiled natively on this machine's CPU (AVX-512, AMX) dies with SIGSEGV in
-    ``llama_decode`` on the first batch when the weights were repacked; with ``use_extra_bufts = False`` it runs.
-    Idempotent; every miner of a benchmark run loads the same way, so their logits agree."""
-    import llama_cpp.llama_cpp as lib  # the module ``Llama`` calls ``llama_model_default_params`` on
-
-    default: Any = getattr(lib, "llama_model_default_params")  # noqa: B009 - untyped binding
-    if getattr(default, "_no_repack", False):
-        return
-
-    def params() -> Any:
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    params._no_repack = True  # type: ignore[attr-defined]
-    setattr(lib, "llama_model_default_params", params)  # noqa: B010
-
-
 # ---------------------------------------------------------------------------------------------- the other model
 
 
@@ -147,6 +126,13 @@ class AttackEngine(LlamaCppEngine):  # type: ignore[misc]
         self._log_lock = threading.Lock()
         self.claims = 0
         self.cheats = 0
+        self.verify_only = (
+            False  # advertise no token generation: the router uses this miner as a verifier only
+        )
+
+    def models(self) -> list[Any]:
+        cards = super().models()
+        return [c.model_copy(update={"tokens": False}) for c in cards] if self.verify_only else cards
 
     # ------------------------------------------------------------ logging
 
@@ -183,14 +169,14 @@ class AttackEngine(LlamaCppEngine):  # type: ignore[misc]
             )
             return
         if self.attack in ("runner_up", "sampled", "ignore_seed"):
-            out = self._decode(request, stop_flag, self._chooser(request))
+            out = self._attack_decode(request, stop_flag, self._chooser(request))
             cheated = out.deviated
         elif self.attack == "garbage":
             out = self._garbage(request)
             cheated = True
         else:  # swap, truncate: generate honestly, then tamper with the result
             top = 16 if self.attack in ("swap", "near_tie") else 0
-            honest = self._decode(request, stop_flag, _honest, top=top)
+            honest = self._attack_decode(request, stop_flag, _honest, top=top)
             if self.attack == "truncate":
                 tampered = self._truncate(honest)
             else:
@@ -214,7 +200,7 @@ class AttackEngine(LlamaCppEngine):  # type: ignore[misc]
         usage = Usage(prompt_tokens=out.prompt_tokens, completion_tokens=len(out.body))
         emit(Finished(out.finish, usage, tokens=out.tokens))
 
-    def _decode(
+    def _attack_decode(
         self, request: GenerationRequest, stop_flag: threading.Event, choose: Chooser, *, top: int = 0
     ) -> _Out:
         """The engine's generation loop (``LlamaCppEngine._generate_sync``) with the token choice handed to
@@ -436,7 +422,6 @@ def build(
     seed: int = 0,
 ) -> AttackEngine:
     """An attacker engine; ``other_model`` loads (and first writes) the perturbed copy in ``cache_dir``."""
-    avoid_repack_crash()
     if attack == "other_model":
         model_path = perturbed_model(cache_dir or Path.home() / ".cache" / "hivemesh-bench", src=model_path)
     return AttackEngine(attack, lie, log_path=log_path, seed=seed, model_path=model_path, n_threads=threads)
@@ -457,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--seed", type=int, default=0, help="the attacker's own randomness (swap position, garbage)"
     )
+    ap.add_argument(
+        "--verify-only", action="store_true", help="serve only as a verifier (advertise no token generation)"
+    )
     ap.add_argument("--log-level", default="warning")
     args = ap.parse_args(argv)
 
@@ -476,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         model_path=args.model_path,
         seed=args.seed,
     )
+    engine.verify_only = args.verify_only
     config = MinerConfig(router_url=args.router, data_dir=args.data_dir, threads=args.threads)
 
     async def run() -> None:

@@ -34,11 +34,14 @@ machine's cores):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -368,7 +371,7 @@ def screenshot(url: str, out: Path, tmp: Path) -> None:
 
 ATTACK_TEMPERATURE = {"ignore_seed": 0.7}  # every other attack is asked at temperature 0
 # Honest miners run as ``hivemesh miner`` with --honest-cli; by default as ``bench.attackers --attack honest`` (the
-# same engine, loaded without weight repacking: llama-cpp-python 0.3.36 built on this AMX CPU segfaults with it).
+# same engine, whose claims and CPU time are logged like the attackers').
 HONEST_CLI = False
 
 
@@ -432,8 +435,9 @@ class TokenNet:
     def close(self) -> None:
         self.http.close()
 
-    def add_honest(self, name: str, threads: int = 1) -> Member:
-        m = Member(name, "honest", ["--threads", str(threads)], self.tmp / name)
+    def add_honest(self, name: str, threads: int = 1, *, verify_only: bool = False) -> Member:
+        extra = ["--threads", str(threads), *(["--verify-only"] if verify_only else [])]
+        m = Member(name, "honest", extra, self.tmp / name)
         return self._start(m)
 
     def add_attacker(self, name: str, attack: str, lie: str = "none", role: str | None = None) -> Member:
@@ -612,9 +616,11 @@ def part_attacks(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict
     net = TokenNet(procs, tmp / "attacks", args.max_tokens)
     rows: list[dict[str, Any]] = []
     try:
-        honest = [net.add_honest(f"honest-{i}", 1) for i in range(args.honest)]
+        gens = args.honest if args.honest_generators is None else args.honest_generators
+        honest = [net.add_honest(f"honest-{i}", 1, verify_only=i >= gens) for i in range(args.honest)]
         sid = net.session(mode="token", verifiers=1)
         seen_strikes: set[str] = set()
+        lock = threading.Lock()
         for attack in args.attacks:
             a = net.add_attacker(f"attacker-{attack}", attack)
             t0 = time.perf_counter()
@@ -631,39 +637,55 @@ def part_attacks(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict
                 "verdicts": {},
             }
             temperature = ATTACK_TEMPERATURE.get(attack, 0.0)
-            i = 0
-            while row["claims"] < args.tasks_per_attack and row["tasks"] < 8 * args.tasks_per_attack:
+            counter = itertools.count()
+
+            def one(
+                i: int, a: Member = a, row: dict[str, Any] = row, temperature: float = temperature
+            ) -> None:
                 resp, _ = net.ask(sid, prompt_of(i), temperature=temperature, seed=1000 + i)
-                i += 1
-                row["tasks"] += 1
                 verdict, by, text = served(resp)
-                row["verdicts"][verdict] = row["verdicts"].get(verdict, 0) + 1
                 mine = a.addresses()
-                if "error" in resp:
-                    row.setdefault("errors", []).append(resp["error"][:160])
-                    continue
-                task = net.task(sid, resp["hivemesh"]["task_id"])
-                gens = generators_of(task)
-                if gens and gens[0] in mine:
-                    row["claims"] += 1
-                    row["unverified"] += int(verdict == "unverified" and by in mine)
-                    row["rejected"] += int(
-                        any(
-                            h.get("phase") == "rejected" and h.get("generator") in mine
-                            for h in task["history"]
+                task = None if "error" in resp else net.task(sid, resp["hivemesh"]["task_id"])
+                ref = None
+                if task is not None and verdict == "verified" and by in mine:
+                    ref = net.reference(prompt_of(i), temperature=temperature, seed=1000 + i, exclude=mine)
+                with lock:
+                    row["tasks"] += 1
+                    row["verdicts"][verdict] = row["verdicts"].get(verdict, 0) + 1
+                    if task is None:
+                        row.setdefault("errors", []).append(resp["error"][:160])
+                        return
+                    gens = generators_of(task)
+                    if gens and gens[0] in mine:
+                        row["claims"] += 1
+                        row["unverified"] += int(verdict == "unverified" and by in mine)
+                        row["rejected"] += int(
+                            any(
+                                h.get("phase") == "rejected" and h.get("generator") in mine
+                                for h in task["history"]
+                            )
                         )
-                    )
-                    if any(f.get("generator") in mine for f in resp["hivemesh"].get("fraud_proofs") or []):
-                        row["caught"] += 1
-                if verdict == "verified" and by in mine:
-                    row["attacker_verified"] += 1
-                    ref = net.reference(
-                        prompt_of(i - 1), temperature=temperature, seed=1000 + i - 1, exclude=mine
-                    )
-                    if ref != text:  # no honest reference counts as wrong too: never flattering
-                        row["wrong_verified"] += 1
-                if gens and gens[0] in mine:
-                    net.rotate_quarantined()
+                        if any(
+                            f.get("generator") in mine for f in resp["hivemesh"].get("fraud_proofs") or []
+                        ):
+                            row["caught"] += 1
+                    if verdict == "verified" and by in mine:
+                        row["attacker_verified"] += 1
+                        if ref != text:  # no honest reference counts as wrong too: never flattering
+                            row["wrong_verified"] += 1
+                            row.setdefault("wrong", []).append(f"{text[:80]!r} vs honest {str(ref)[:80]!r}")
+                    if gens and gens[0] in mine:
+                        net.rotate_quarantined()
+                    if row["tasks"] % 50 == 0:
+                        console.print(f"  {row['attack']}: {row['tasks']} tasks, {row['claims']} claims")
+
+            def worker(row: dict[str, Any] = row, counter: Iterator[int] = counter) -> None:
+                while row["claims"] < args.tasks_per_attack and row["tasks"] < 8 * args.tasks_per_attack:
+                    one(next(counter))
+
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                for f in [pool.submit(worker) for _ in range(args.concurrency)]:
+                    f.result()
             row["cheated"] = "n/a" if attack == "other_model" else len(cheated_outputs(a))
             row["strikes"] = net.strikes(a.addresses(), ("fraud",)).get("fraud", 0)
             details = net.strike_details({h.address for h in honest}, ("fraud", "false_accusation"))
@@ -723,6 +745,8 @@ def part_attacks(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict
             console.print(f"  honest node struck during {r['attack']}: {d}")
         for e in r.get("errors", []):
             console.print(f"  failed task during {r['attack']}: {e}")
+        for w in r.get("wrong", []):
+            console.print(f"  wrong answer verified during {r['attack']}: {w}")
     console.print(
         "detection = the attacker's claims rejected by the first verifier / its claims (a rejection confirmed by "
         "the escalation verifiers is a fraud proof and a strike; otherwise the task is regenerated unpunished) "
@@ -757,6 +781,7 @@ def _false_rejections(net: TokenNet, args: argparse.Namespace) -> None:
         "verified": 0,
         "rejected_checks": 0,
         "checks": 0,
+        "exact": 0,
         "fraud": 0,
         "tolerated": 0,
         "tokens": 0,
@@ -764,24 +789,33 @@ def _false_rejections(net: TokenNet, args: argparse.Namespace) -> None:
     by_temp: dict[float, list[int]] = {0.0: [0, 0], 0.7: [0, 0]}
     margins: list[float] = []
     reasons: dict[str, int] = {}
-    for i in range(args.honest_tasks):
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def one(i: int) -> None:
         temp = 0.0 if i % 2 == 0 else 0.7
         resp, _ = net.ask(sid, prompt_of(i), temperature=temp, seed=7 + i)
+        task = None if "error" in resp else net.task(sid, resp["hivemesh"]["task_id"])
+        with lock:
+            tally(i, temp, resp, task)
+
+    def tally(i: int, temp: float, resp: dict[str, Any], task: dict[str, Any] | None) -> None:
         n["tasks"] += 1
         by_temp[temp][0] += 1
         verdict, _, _ = served(resp)
         if verdict == "verified":
             n["verified"] += 1
-        if "error" in resp:
+        if task is None:
             by_temp[temp][1] += 1
             reasons["task failed"] = reasons.get("task failed", 0) + 1
-            continue
+            errors.append(str(resp.get("error"))[:200])
+            return
         hm = resp["hivemesh"]
-        task = net.task(sid, hm["task_id"])
         # every check a verifier sent (first round, escalations, checks of regenerations): the record's history
         evidence = [h for h in task.get("history") or [] if h.get("phase") == "evidence"]
         rejected = [e for e in evidence if not e.get("accepted")]
         n["checks"] += len(evidence)
+        n["exact"] += sum(1 for e in evidence if e.get("tolerance") == "exact")
         n["rejected_checks"] += len(rejected)
         n["fraud"] += len(hm.get("fraud_proofs") or [])
         by_temp[temp][1] += int(bool(rejected) or verdict != "verified")
@@ -791,8 +825,12 @@ def _false_rejections(net: TokenNet, args: argparse.Namespace) -> None:
             n["tolerated"] += int(c.get("tolerated") or 0)
             n["tokens"] += int(c.get("checked") or 0)
             margins.append(float(c.get("max_margin") or 0.0))
-        if (i + 1) % 50 == 0:
-            console.print(f"  honest: {i + 1}/{args.honest_tasks} tasks")
+        if n["tasks"] % 50 == 0:
+            console.print(f"  honest: {n['tasks']}/{args.honest_tasks} tasks")
+
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        for f in [pool.submit(one, i) for i in range(args.honest_tasks)]:
+            f.result()
     t = Table(
         title=f"(b) false rejections: honest miners on 1 and 2 threads, {n['tasks']} tasks "
         f"(temperature 0 and 0.7 alternating), v=1"
@@ -800,7 +838,7 @@ def _false_rejections(net: TokenNet, args: argparse.Namespace) -> None:
     for col in (
         "tasks",
         "verified",
-        "checks",
+        "checks (exact)",
         "rejected checks",
         "false-rejection rate",
         "fraud proofs",
@@ -814,7 +852,7 @@ def _false_rejections(net: TokenNet, args: argparse.Namespace) -> None:
     t.add_row(
         str(n["tasks"]),
         str(n["verified"]),
-        str(n["checks"]),
+        f"{n['checks']} ({n['exact']})",
         str(n["rejected_checks"]),
         f"{rate:.2%}",
         str(n["fraud"]),
@@ -826,6 +864,8 @@ def _false_rejections(net: TokenNet, args: argparse.Namespace) -> None:
     console.print(t)
     if reasons:
         console.print(f"rejection reasons: {reasons}")
+    for e in sorted(set(errors))[:10]:
+        console.print(f"  failed task: {e}")
 
 
 def _cost(net: TokenNet, args: argparse.Namespace) -> None:
@@ -966,12 +1006,10 @@ def part_cost_split(args: argparse.Namespace) -> None:
     claimed tokens' prefill with logits on every row and the per-row replay of the sampler)."""
     import asyncio
 
-    from bench.attackers import avoid_repack_crash
     from hivemesh.engines.base import GenerationRequest, Piece, VerifyRequest
     from hivemesh.engines.llamacpp import LlamaCppEngine
     from hivemesh.protocol.wire import ChatMessage, SamplingParams
 
-    avoid_repack_crash()
     rows: list[tuple[int, int, float, float, float]] = []
 
     def cold(eng: LlamaCppEngine) -> None:
@@ -1184,6 +1222,15 @@ def main() -> int:
         help="token: attacker-generated claims per attack in (a) (full run: 300)",
     )
     ap.add_argument("--honest", type=int, default=3, help="token: honest miners beside the attacker in (a)")
+    ap.add_argument(
+        "--honest-generators",
+        type=int,
+        help="token: how many of (a)'s honest miners may generate (the others only verify, so the attacker "
+        "generates most tasks; default: all)",
+    )
+    ap.add_argument(
+        "--concurrency", type=int, default=1, help="token: requests in flight at once in (a) and (b)"
+    )
     ap.add_argument("--honest-tasks", type=int, default=30, help="token: tasks in (b) (full run: 1000)")
     ap.add_argument("--cost-rounds", type=int, default=6, help="token: sequential tasks per session in (c)")
     ap.add_argument("--sybils", default="2,3", help="token: sybil counts s in (d)")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.attackers import AttackEngine, avoid_repack_crash, build
+from bench.attackers import AttackEngine, build
 
 from hivemesh.config import SessionDefaults
 from hivemesh.engines.llamacpp import LlamaCppEngine
@@ -42,7 +42,6 @@ MAX_TASKS = 25  # the attacker is drawn as generator about 1 in 5 times: (4/5)^2
 @pytest.fixture
 def net(network: Network) -> Iterator[Network]:
     """A fresh network per attacker, so it starts with the same standing as the honest miners."""
-    avoid_repack_crash()  # llama-cpp-python 0.3.36 built here segfaults on repacked weights
     network.start_router(defaults=TOKEN)
     for i in range(4):
         network.add_miner(f"honest-{i}", engine_obj=LlamaCppEngine(n_threads=1))

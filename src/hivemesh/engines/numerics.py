@@ -91,5 +91,9 @@ def profile(llm: Any, model_path: Path) -> str:
         )
         return ""
     system = llama_cpp.llama_print_system_info()
-    kernels = hashlib.sha256(system if isinstance(system, bytes) else str(system).encode()).hexdigest()
+    text = system.decode() if isinstance(system, bytes) else str(system)
+    # the load and context settings that choose kernels or change the arithmetic (weight repacking, attention)
+    mp, cp = llm.model_params, llm.context_params
+    text += f"|extra_bufts={mp.use_extra_bufts}|flash_attn={cp.flash_attn_type}|kv={cp.type_k},{cp.type_v}"
+    kernels = hashlib.sha256(text.encode()).hexdigest()
     return f"llama.cpp-{llama_cpp.__version__}/{kernels[:12]}/{file_sha256(model_path)[:16]}"
