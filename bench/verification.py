@@ -642,7 +642,13 @@ def part_attacks(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict
             def one(
                 i: int, a: Member = a, row: dict[str, Any] = row, temperature: float = temperature
             ) -> None:
-                resp, _ = net.ask(sid, prompt_of(i), temperature=temperature, seed=1000 + i)
+                for _ in range(
+                    100
+                ):  # no free generator right now (the other is busy): wait, it is not a task
+                    resp, _ = net.ask(sid, prompt_of(i), temperature=temperature, seed=1000 + i)
+                    if "no_miner_available" not in str(resp.get("error", "")):
+                        break
+                    time.sleep(0.2)
                 verdict, by, text = served(resp)
                 mine = a.addresses()
                 task = None if "error" in resp else net.task(sid, resp["hivemesh"]["task_id"])
@@ -650,6 +656,7 @@ def part_attacks(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict
                 if task is not None and verdict == "verified" and by in mine:
                     ref = net.reference(prompt_of(i), temperature=temperature, seed=1000 + i, exclude=mine)
                 with lock:
+                    net.rotate_quarantined()  # a quarantined attacker rejoins under a fresh identity
                     row["tasks"] += 1
                     row["verdicts"][verdict] = row["verdicts"].get(verdict, 0) + 1
                     if task is None:
@@ -674,8 +681,6 @@ def part_attacks(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict
                         if ref != text:  # no honest reference counts as wrong too: never flattering
                             row["wrong_verified"] += 1
                             row.setdefault("wrong", []).append(f"{text[:80]!r} vs honest {str(ref)[:80]!r}")
-                    if gens and gens[0] in mine:
-                        net.rotate_quarantined()
                     if row["tasks"] % 50 == 0:
                         console.print(f"  {row['attack']}: {row['tasks']} tasks, {row['claims']} claims")
 
@@ -794,7 +799,11 @@ def _false_rejections(net: TokenNet, args: argparse.Namespace) -> None:
 
     def one(i: int) -> None:
         temp = 0.0 if i % 2 == 0 else 0.7
-        resp, _ = net.ask(sid, prompt_of(i), temperature=temp, seed=7 + i)
+        for _ in range(100):  # every miner busy right now: wait, it is not a rejection
+            resp, _ = net.ask(sid, prompt_of(i), temperature=temp, seed=7 + i)
+            if "no_miner_available" not in str(resp.get("error", "")):
+                break
+            time.sleep(0.2)
         task = None if "error" in resp else net.task(sid, resp["hivemesh"]["task_id"])
         with lock:
             tally(i, temp, resp, task)
