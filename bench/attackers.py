@@ -467,11 +467,30 @@ def main(argv: list[str] | None = None) -> int:
     engine.verify_only = args.verify_only
     config = MinerConfig(router_url=args.router, data_dir=args.data_dir, threads=args.threads)
 
+    key, rotate = args.data_dir / "node.key", args.data_dir / "rotate"
+
     async def run() -> None:
-        identity = Identity.load_or_create(args.data_dir / "node.key")
         await engine.start()
         try:
-            await MinerAgent(config, identity, engine).run(lambda: print("miner joined", flush=True))
+            while (
+                True
+            ):  # a ``rotate`` file: rejoin under a fresh identity, the model stays loaded (a sybil's move)
+                identity = Identity.load_or_create(key)
+                agent = asyncio.create_task(
+                    MinerAgent(config, identity, engine).run(lambda: print("miner joined", flush=True))
+                )
+                while not rotate.exists():
+                    done, _ = await asyncio.wait({agent}, timeout=0.1)
+                    if done:
+                        break
+                if agent.done():
+                    await agent
+                    return
+                agent.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await agent
+                key.unlink(missing_ok=True)
+                rotate.unlink()
         finally:
             await engine.close()
 

@@ -489,12 +489,28 @@ class TokenNet:
         self.members.pop(m.name, None)
 
     def rotate(self, m: Member) -> None:
-        """Restart ``m`` under a fresh identity (same engine, same claim log)."""
-        self.procs.stop(m.proc)
-        (m.data_dir / "node.key").unlink(missing_ok=True)
+        """Rejoin ``m`` under a fresh identity (same process, engine and claim log: ``bench.attackers`` watches
+        its ``rotate`` file); an honest CLI miner is restarted instead."""
+        from hivemesh.identity import Identity
+
         m.past.append(m.address)
         m.rotations += 1
-        self._start(m)
+        if m.role == "honest":
+            self.procs.stop(m.proc)
+            (m.data_dir / "node.key").unlink(missing_ok=True)
+            self._start(m)
+            return
+        key = m.data_dir / "node.key"
+        (m.data_dir / "rotate").touch()
+        wait_until(
+            "fresh identity",
+            lambda: not (m.data_dir / "rotate").exists() and key.exists(),
+            [self.router, m.proc],
+            timeout=60,
+            interval=0.05,
+        )
+        m.address = Identity.load_or_create(key).address
+        self.wait_joined([m])
 
     def node(self, address: str) -> dict[str, Any]:
         return dict(self.http.get(f"/dashboard/api/nodes/{address}").json())

@@ -204,7 +204,9 @@ class TokenRun:
                 break
             if node in d.exclude:
                 continue
-            link = self.hub.reserve(node)
+            # a node this task already holds (a verifier whose check is over) may take the next role without
+            # queueing for itself: with few miners the honest regeneration would otherwise find none free
+            link = self.reserved.get(node) or self.hub.reserve(node)
             if link is not None:
                 self.links[node] = self.reserved[node] = link
                 got.append(node)
@@ -379,10 +381,7 @@ class TokenRun:
             raise UpstreamFailed(eff.reason)
 
     async def _send(self, node: str, msg: wire.Assign | wire.Verify | wire.RevealRequest) -> None:
-        link = self.links[node]
-        if isinstance(msg, wire.Assign | wire.Verify):
-            msg = msg.model_copy(update={"sig": self.identity.sign(wire.signing_payload(msg, link.nonce))})
-        if not await link.send(msg):
+        if not await self.links[node].send(msg):  # the link signs assignments (router.links)
             self.events.put_nowait(pouw.Failed(node, "disconnected", time.monotonic()))
 
     def _assign(self) -> wire.Assign:
