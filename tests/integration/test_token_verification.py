@@ -16,6 +16,7 @@ import pytest
 from hivemesh.config import SessionDefaults
 from hivemesh.engines.base import Event, Finished, GenerationRequest, Piece, TokenChecks, VerifyRequest
 from hivemesh.engines.instant import EOS, WORDS, InstantEngine
+from hivemesh.protocol.wire import ModelCard
 from tests.conftest import API_KEY, Network
 
 TOKEN = SessionDefaults(redundancy=1, quorum=1, mode="token", verifiers=1)
@@ -230,3 +231,32 @@ def test_an_answer_cut_at_max_tokens_is_verified_and_nobody_is_struck(network: N
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 10
     assert r.model_extra["hivemesh"]["verdict"] == "verified"
     assert not strikes(network, "fraud") and not strikes(network, "garbage")
+
+
+class VerifyOnly(InstantEngine):
+    """An honest miner that advertises no token generation: the router uses it only to verify."""
+
+    def models(self) -> list[ModelCard]:
+        return [c.model_copy(update={"tokens": False}) for c in super().models()]
+
+
+def test_the_only_other_generator_regenerates_a_proven_fraud(network: Network) -> None:
+    """Two generators (a cheater and one honest miner) and verifiers that cannot generate: after a fraud proof the
+    honest miner, read second by the shuffle and maybe just a verifier of the same task, regenerates the answer."""
+    network.start_router(defaults=TOKEN)
+    cheater = network.add_miner("cheater", engine_obj=Cheater("swap"))
+    network.add_miner("honest", engine_obj=InstantEngine(tokens=10))
+    for name in ("v1", "v2"):
+        network.add_miner(name, engine_obj=VerifyOnly(tokens=10))
+    client = network.client()
+    frauds = 0
+    for seed in range(30):
+        r = ask(client, seed)
+        hm = r.model_extra["hivemesh"]
+        assert r.choices[0].message.content == honest_answer(seed), hm
+        assert hm["verdict"] == "verified"
+        frauds += bool(hm["fraud_proofs"])
+        if frauds >= 2:
+            break
+    assert frauds >= 1
+    assert strikes(network, "fraud").keys() == {cheater.identity.address}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -88,6 +89,9 @@ class TokenRun:
         self.draw: Draw = PoolIndex().draw(spec.shuffle_seed)  # the generator shuffle (verifiers: their own)
         self.links: dict[str, MinerLink] = {}  # every node with a role in this task
         self.reserved: dict[str, MinerLink] = {}  # nodes holding capacity for this task right now
+        self._busy: dict[
+            NodeId, None
+        ] = {}  # generator candidates the shuffle gave that were busy then (ordered)
         self.texts: dict[str, list[str]] = {}  # what each generator streamed
         self.sizes: dict[str, int] = {}
         self.sent = ""  # what the user has been sent
@@ -191,16 +195,17 @@ class TokenRun:
             self._resolve_draws()
 
     def _draw(self, d: pouw.Draw) -> list[str] | None:
-        if d.role == "generator":
-            order: Iterator[NodeId] = iter(self.draw)
+        if d.role == "generator":  # nodes found busy by an earlier draw first, then the shuffle read on
+            order: Iterator[NodeId] = itertools.chain(list(self._busy), self.draw)
             more = True
         else:  # verifiers: drawn only now, after the precommit, from a seed the router committed to
             order, members = draw_for(self.hub, self.spec, role="verify", seed=self._verifier_seed())
             more = len(members) > sum(1 for n in d.exclude if n in members)  # eligible, maybe busy
             order = self._same_numerics_first(order)
         got: list[str] = []
-        for node in order:
-            if len(got) >= d.count:
+        while len(got) < d.count:  # read no further than needed: the shuffle is read once, for every redraw
+            node = next(order, None)
+            if node is None:
                 break
             if node in d.exclude:
                 continue
@@ -210,6 +215,9 @@ class TokenRun:
             if link is not None:
                 self.links[node] = self.reserved[node] = link
                 got.append(node)
+                self._busy.pop(node, None)
+            elif d.role == "generator":
+                self._busy[node] = None  # busy now: a later regeneration asks it again
         if d.role == "generator":
             self.record.task(**self._draw_record())
         if not got and d.role == "verifier" and more and self._draw_retry is None:
