@@ -41,6 +41,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from hivemesh.errors import BadSignature
 from hivemesh.identity import Identity, verify
 from hivemesh.protocol import wire
+from hivemesh.router.links import Link, RelayLink, signed
 from hivemesh.router.pool import Eligibility, NodePool, PoolClass, Role
 from hivemesh.store.db import Store
 
@@ -57,9 +58,6 @@ FRAME_RATE_PER_TASK = (
 FRAME_BURST = 5_000.0  # frames a connection may send at once above its rate
 
 
-_POOLED = frozenset({"inflight", "finished", "pool", "validated", "closed", "capacity"})
-
-
 class TaskSink(Protocol):
     """A task run, as the hub sees it."""
 
@@ -68,31 +66,17 @@ class TaskSink(Protocol):
     def on_disconnect(self, node: str) -> None: ...
 
 
-@dataclass(eq=False)
-class MinerLink:
-    node: str
-    nonce: str
+MinerLink = Link  # a connected node, whatever carries it (``router.links``): the name the router uses
+
+
+@dataclass(eq=False, kw_only=True)
+class SocketLink(Link):
+    """A node's WebSocket to this router."""
+
     ws: WebSocket
-    models: frozenset[str]
-    cards: tuple[wire.ModelCard, ...]
-    capacity: int
-    pool: int
-    hardware: wire.Hardware
-    version: str
-    connected_at: float = field(default_factory=time.time)
-    inflight: int = 0
-    strikes: int = 0
-    finished: int = 0  # tasks completed on this connection's node (for the new-node share)
-    closed: bool = False
-    validated: bool = False  # passed a validator's check since this connection's hello (see ``serving``)
+    signer: Identity  # this router: it signs what it assigns over the connection's nonce
     allowance: float = FRAME_BURST  # frames it may still send now (a token bucket refilled at its rate)
     refilled_at: float = field(default_factory=time.monotonic)
-    on_change: Callable[[MinerLink], None] | None = field(default=None, repr=False)  # the node pool's update
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-        if name in _POOLED and (cb := getattr(self, "on_change", None)) is not None:
-            cb(self)  # whoever changes what the node pool weighs or judges (a validator's verdict too)
 
     def spend_frame(self) -> bool:
         """Take one frame from the connection's allowance; False once it sends faster than its rate allows."""
@@ -102,26 +86,30 @@ class MinerLink:
         self.refilled_at = now
         return self.allowance >= 0
 
-    @property
-    def free(self) -> int:
-        return self.capacity - self.inflight
-
-    async def send(self, msg: wire._Msg) -> bool:
-        if self.closed:
-            return False
+    async def transmit(self, msg: wire._Msg) -> bool:
         try:
-            await self.ws.send_text(wire.encode(msg))
+            await self.ws.send_text(wire.encode(signed(msg, self.signer, self.nonce)))
             return True
         except Exception:  # a dead socket is a disconnect, noticed by the receive loop
             return False
+
+
+class RelaySink(Protocol):
+    """A task another router owns that runs on nodes connected here (``router.cluster``)."""
+
+    def on_message(self, node: str, msg: wire.FromMiner) -> None: ...
+
+    def on_disconnect(self, node: str) -> None: ...
 
 
 class MinerHub:
     def __init__(self, identity: Identity, store: Store) -> None:
         self.identity = identity
         self.store = store
-        self.links: dict[str, MinerLink] = {}
+        self.links: dict[str, MinerLink] = {}  # nodes whose connection this router holds
+        self.remote: dict[str, RelayLink] = {}  # nodes other routers of the cluster hold (router.cluster)
         self.runs: dict[str, TaskSink] = {}
+        self.relayed: dict[str, RelaySink] = {}  # tasks other routers own, running on nodes connected here
         self.listeners: list[Callable[[], None]] = []  # woken when capacity may have freed up
         self.finished_counts: dict[str, int] = {}
         self.reputation: Any = None  # router.reputation.Reputation, set by the service
@@ -129,8 +117,11 @@ class MinerHub:
         self.admit: Callable[[str, int], Awaitable[str | None]] | None = (
             None  # (node, pool) -> why not, or None
         )
-        self.known_models: set[str] = set()
-        self.shutting_down = False  # set when the router stops: tasks in flight are left to resume, not failed  # every model a miner has ever served here
+        self.on_presence: Callable[[MinerLink, bool], None] | None = None  # (link, joined): the cluster
+        self.known_models: set[str] = set()  # every model a miner has ever served here
+        self.shutting_down = (
+            False  # set when the router stops: tasks in flight are left to resume, not failed
+        )
         self.pings: dict[
             str, tuple[str, asyncio.Future[None]]
         ] = {}  # ping nonce -> (node, resolved by its Pong)
@@ -138,16 +129,23 @@ class MinerHub:
             0.0  # while a validator holds a live lease (unix time): user work needs validated nodes
         )
         self.pool = NodePool(
-            lambda: self.links.values(),
+            self.members,
             judge=lambda: self.reputation,
             stake_checked=lambda: self.admit is not None,
         )
 
     # ------------------------------------------------------------------ queries used by the scheduler
 
+    def members(self) -> list[MinerLink]:
+        """Every node the pool may use: those connected here, and those connected to other routers (a node
+        connected twice is one node: its link here wins)."""
+        out: list[MinerLink] = list(self.links.values())
+        out += [ln for node, ln in self.remote.items() if node not in self.links]
+        return out
+
     def models(self) -> dict[str, wire.ModelCard]:
         out: dict[str, wire.ModelCard] = {}
-        for link in self.links.values():
+        for link in self.members():
             for card in link.cards:
                 out.setdefault(card.id, card)
         return out
@@ -159,19 +157,12 @@ class MinerHub:
     def serving(
         self, model: str, sla: str | None = None, *, network: bool = False, billed: bool = False
     ) -> list[MinerLink]:
-        """Connected miners serving ``model``; with ``sla``, only those eligible for user work at that tier
-        (not quarantined, level and speed fit). Network tasks (``network=True``) may reach quarantined nodes.
+        """Nodes serving ``model``, scanned (views and tests; tasks draw from ``eligible``); with ``sla``, only
+        those eligible for user work at that tier. Network tasks (``network=True``) may reach quarantined nodes.
         Billed user work (``billed=True``, ignored for network tasks) goes only to nodes staked for a pool above 0,
         wherever the router checks stake at join (``admit`` set)."""
-        out = [ln for ln in self.links.values() if model in ln.models and not ln.closed]
-        if billed and not network and self.admit is not None:
-            out = [ln for ln in out if ln.pool > 0]
-        rep = self.reputation
-        if sla is None or rep is None:
-            return out
-        gated = not network and time.time() < self.validation_until
-        out = [ln for ln in out if ln.validated or not gated]
-        return [ln for ln in out if (network or not rep.is_quarantined(ln.node)) and rep.fits(ln.node, sla)]
+        key = self.eligibility(model, sla, network=network, billed=billed)
+        return [ln for ln in self.members() if self.pool.eligible(ln, key)]
 
     def eligibility(
         self,
@@ -182,7 +173,7 @@ class MinerHub:
         billed: bool = False,
         role: Role = "any",
     ) -> Eligibility:
-        """The node pool class of a task (``serving``'s rules, as an index key)."""
+        """The node pool class of a task (an index key)."""
         scored = sla is not None and self.reputation is not None
         return Eligibility(
             model=model,
@@ -198,23 +189,24 @@ class MinerHub:
         return self.pool.get(key)
 
     def link(self, node: str) -> MinerLink | None:
-        link = self.links.get(node)
+        """The node's link: its connection here, else another router's (None when it is nowhere)."""
+        link = self.links.get(node) or self.remote.get(node)
         return None if link is None or link.closed else link
 
     def rescore(self, nodes: Iterable[str]) -> None:
         """Reputation changed for ``nodes`` (a task ended): move them in the node pool's indexes."""
         for node in nodes:
-            if (link := self.links.get(node)) is not None:
+            if (link := self.link(node)) is not None:
                 self.pool.update(link)
 
     def resync(self) -> None:
         """Re-judge every node (rolling score windows, a validator's verdicts): the scheduler calls it now and
         then."""
-        self.pool.resync(list(self.links.values()))
+        self.pool.resync(self.members())
 
     def reserve(self, node: str) -> MinerLink | None:
-        link = self.links.get(node)
-        if link is None or link.closed or link.free < 1:
+        link = self.link(node)
+        if link is None or link.free < 1:
             return None
         link.inflight += 1
         return link
@@ -226,6 +218,33 @@ class MinerHub:
     def _notify(self) -> None:
         for cb in list(self.listeners):
             cb()
+
+    # ------------------------------------------------------------------ the cluster's view of other routers' nodes
+
+    def add_remote(self, link: RelayLink) -> None:
+        """A node another router holds (its presence): schedulable here through the relay."""
+        old = self.remote.get(link.node)
+        if old is not None:
+            self.drop_remote(old.node)
+        self.remote[link.node] = link
+        if link.node not in self.links:
+            link.on_change = self.pool.update
+            self.pool.joined(link)
+        self._notify()
+
+    def drop_remote(self, node: str, *, gone: bool = True) -> None:
+        """A node another router held is gone from it; tasks here that used it through the relay hear so."""
+        link = self.remote.pop(node, None)
+        if link is None:
+            return
+        shadowed = node in self.links
+        link.on_change = None
+        link.closed = True
+        if not shadowed:
+            self.pool.left(link)
+            if gone and not self.shutting_down:
+                for run in list(self.runs.values()):
+                    run.on_disconnect(node)
 
     # ------------------------------------------------------------------ connection lifecycle
 
@@ -257,10 +276,11 @@ class MinerHub:
             log.warning("miner refused node=%s pool=%d reason=%s", node, hello.pool, why)
             await _close(ws, 4402, f"refused: {why}")
             return
-        link = MinerLink(
+        link = SocketLink(
             node=node,
             nonce=nonce,
             ws=ws,
+            signer=self.identity,
             models=frozenset(c.id for c in hello.models),
             cards=hello.models,
             capacity=hello.capacity,
@@ -269,10 +289,24 @@ class MinerHub:
             version=hello.version,
             finished=self.finished_counts.get(node, 0),
         )
+        await self.attach(link)
+        await link.send(wire.Welcome(node=node))
+        try:
+            await self._receive_loop(link)
+        finally:
+            await self._drop(link, "disconnected")
+
+    async def attach(self, link: MinerLink) -> None:
+        """Take a node whose hello checked out (a new connection of a node replaces its old one): record it,
+        put it in the node pool, tell the cluster."""
+        node = link.node
         old = self.links.get(node)
         if old is not None:  # the same node reconnected: the new connection wins
             await self._drop(old, "replaced by a new connection")
         self.links[node] = link
+        if (shadow := self.remote.get(node)) is not None:  # it was another router's: this link wins here
+            shadow.on_change = None
+            self.pool.left(shadow)
         link.on_change = self.pool.update
         self.pool.joined(link)
         if len(self.known_models) < MAX_KNOWN_MODELS:  # a hostile miner cannot grow it without bound
@@ -280,14 +314,15 @@ class MinerHub:
         await self.store.upsert_node(
             node,
             {
-                "models": [c.model_dump() for c in hello.models],
-                "capacity": hello.capacity,
-                "pool": hello.pool,
-                "hardware": hello.hardware.model_dump() | {"gpu": hello.hardware.gpu[:MAX_RECORDED]},
-                "version": hello.version,
+                "models": [c.model_dump() for c in link.cards],
+                "capacity": link.capacity,
+                "pool": link.pool,
+                "hardware": link.hardware.model_dump() | {"gpu": link.hardware.gpu[:MAX_RECORDED]},
+                "version": link.version,
             },
         )
-        await link.send(wire.Welcome(node=node))
+        if self.on_presence is not None:
+            self.on_presence(link, True)
         log.info(
             "miner joined node=%s pool=%d models=%s capacity=%d",
             node,
@@ -296,12 +331,8 @@ class MinerHub:
             link.capacity,
         )
         self._notify()
-        try:
-            await self._receive_loop(link)
-        finally:
-            await self._drop(link, "disconnected")
 
-    async def _receive_loop(self, link: MinerLink) -> None:
+    async def _receive_loop(self, link: SocketLink) -> None:
         while True:
             try:
                 raw = await _receive(link.ws)
@@ -315,20 +346,22 @@ class MinerHub:
                 self.strike(link, "flood", None, "frames faster than any engine produces them")
                 await _close(link.ws, 4429, "flooding")
                 return
-            try:
-                if isinstance(raw, bytes):
-                    raise ValueError("binary frame (the protocol is JSON text)")
-                msg = wire.decode_from_miner(raw)
-            except (ValidationError, ValueError) as exc:
-                self.strike(link, "garbage", None, _short(exc))
-                if link.strikes >= MAX_STRIKES:
-                    await _close(link.ws, 4400, "too many protocol violations")
-                    return
-                continue
-            self._route(link, msg)
-            if link.strikes >= MAX_STRIKES:
+            if not self.receive(link, raw):
                 await _close(link.ws, 4400, "too many protocol violations")
                 return
+
+    def receive(self, link: MinerLink, raw: str | bytes) -> bool:
+        """One frame from a node connected here: checked, then routed to the task it names (or struck and
+        dropped). False once the node has earned a hang-up."""
+        try:
+            if isinstance(raw, bytes):
+                raise ValueError("binary frame (the protocol is JSON text)")
+            msg = wire.decode_from_miner(raw)
+        except (ValidationError, ValueError) as exc:
+            self.strike(link, "garbage", None, _short(exc))
+            return link.strikes < MAX_STRIKES
+        self._route(link, msg)
+        return link.strikes < MAX_STRIKES
 
     def _route(self, link: MinerLink, msg: wire.FromMiner) -> None:
         if isinstance(msg, wire.Pong):
@@ -349,11 +382,24 @@ class MinerHub:
             except BadSignature as exc:
                 self.strike(link, "bad_signature", task_id, str(exc))
                 return
-        run = self.runs.get(task_id)
+        run = self.runs.get(task_id) or self.relayed.get(task_id)
         if run is None:
             self.strike(link, "unsolicited", task_id, f"{msg.type} for a task not in flight (replay?)")
             return
         run.on_message(link.node, msg)
+
+    def deliver(self, node: str, msg: wire.FromMiner) -> None:
+        """A message from a node another router holds, already checked there (the relay): to its task."""
+        if isinstance(msg, wire.Pong):
+            waiter = self.pings.get(msg.nonce)
+            if waiter is not None and waiter[0] == node and not waiter[1].done():
+                waiter[1].set_result(None)
+            return
+        if isinstance(msg, wire.Hello):
+            return
+        run = self.runs.get(msg.task_id)
+        if run is not None:
+            run.on_message(node, msg)
 
     def strike(self, link: MinerLink, kind: str, task_id: str | None, detail: str) -> None:
         link.strikes += 1
@@ -369,14 +415,23 @@ class MinerHub:
             return
         link.on_change = None  # the node may have a newer connection: the pool hears of this one only here
         link.closed = True
-        if self.links.get(link.node) is link:
+        current = self.links.get(link.node) is link
+        if current:
             del self.links[link.node]
             self.pool.left(link)
+            if (shadow := self.remote.get(link.node)) is not None and not shadow.closed:
+                shadow.on_change = self.pool.update  # still connected to another router
+                self.pool.joined(shadow)
+            if self.on_presence is not None:
+                self.on_presence(link, False)
         log.info("miner left node=%s reason=%s", link.node, why)
         if not self.shutting_down:
             for run in list(self.runs.values()):
                 run.on_disconnect(link.node)
-        await _close(link.ws, 1000, why)
+            for relay in list(self.relayed.values()):
+                relay.on_disconnect(link.node)
+        if isinstance(link, SocketLink):
+            await _close(link.ws, 1000, why)
         self._notify()
 
     async def recheck_stake(self, node: str) -> bool:

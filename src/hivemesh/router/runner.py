@@ -226,9 +226,6 @@ class TaskRun:
             reveal="immediate" if self.immediate else "on_request",
             deadline_ms=int(sess.precommit_timeout_s * 1000),
         )
-        assign = assign.model_copy(
-            update={"sig": self.identity.sign(wire.signing_payload(assign, slot.link.nonce))}
-        )
         self.record.slot(slot.node, slot.index)
         self.record.event("assigned", slot.node)
         if await slot.link.send(assign):

@@ -389,10 +389,7 @@ class TokenRun:
             raise UpstreamFailed(eff.reason)
 
     async def _send(self, node: str, msg: wire.Assign | wire.Verify | wire.RevealRequest) -> None:
-        link = self.links[node]
-        if isinstance(msg, wire.Assign | wire.Verify):
-            msg = msg.model_copy(update={"sig": self.identity.sign(wire.signing_payload(msg, link.nonce))})
-        if not await link.send(msg):
+        if not await self.links[node].send(msg):  # the link signs assignments (router.links)
             self.events.put_nowait(pouw.Failed(node, "disconnected", time.monotonic()))
 
     def _assign(self) -> wire.Assign:
