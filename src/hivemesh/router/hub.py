@@ -118,6 +118,7 @@ class MinerHub:
             None  # (node, pool) -> why not, or None
         )
         self.on_presence: Callable[[MinerLink, bool], None] | None = None  # (link, joined): the cluster
+        self.on_release_remote: Callable[[RelayLink], None] | None = None  # the cluster's relay
         self.known_models: set[str] = set()  # every model a miner has ever served here
         self.shutting_down = (
             False  # set when the router stops: tasks in flight are left to resume, not failed
@@ -213,6 +214,8 @@ class MinerHub:
 
     def release(self, link: MinerLink) -> None:
         link.inflight = max(0, link.inflight - 1)
+        if isinstance(link, RelayLink) and self.on_release_remote is not None:
+            self.on_release_remote(link)  # the router holding the node frees its slot too
         self._notify()
 
     def _notify(self) -> None:

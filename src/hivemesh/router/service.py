@@ -24,6 +24,7 @@ from hivemesh.errors import HivemeshError, NoMinerAvailable
 from hivemesh.identity import Identity
 from hivemesh.protocol.wire import ChatMessage, SamplingParams
 from hivemesh.router.billing import CHEATS, Billing
+from hivemesh.router.cluster import Cluster
 from hivemesh.router.domain import TaskSpec
 from hivemesh.router.hub import MinerHub
 from hivemesh.router.limits import Limiter, LocalLimiter, SharedLimiter
@@ -78,11 +79,26 @@ class RouterService:
             str, tuple[Run, asyncio.Task[Any]]
         ] = {}  # task id -> its run and the task driving it
         self._cancelled: dict[str, str] = {}  # task id -> why its caller cancelled it
+        self._recovering: set[str] = (
+            set()
+        )  # tasks re-dispatched from their rows, until they end or are given up
         self.started_at = time.time()
         # called with each TaskRun once it has ended (run.final set) or failed: metrics, dashboards, billing
         self.observers: list[Callable[[Run], None]] = []
         if self.billing is not None:
             self.observers.append(self._settle)
+        # one network over N routers: presence, relaying and task leases on the broker (router/cluster.py)
+        self.cluster: Cluster | None = None
+        if broker is not None:
+            self.cluster = Cluster(
+                broker,
+                self.hub,
+                store,
+                me=identity.address,
+                running=self._running,
+                recover=self._recover_one,
+            )
+            self.hub.on_release_remote = self.cluster.release
 
     async def start(self) -> None:
         if self.broker is not None:
@@ -93,7 +109,16 @@ class RouterService:
         await self.reputation.load()
         await self._load_known_models()
         self.scheduler.start()
+        if self.cluster is not None:
+            await self.cluster.start()
         self._spawn(self._recover(), "recover")
+
+    def _running(self) -> set[str]:
+        """Tasks this router owns now: running, queued for miners, or being recovered (their leases renewed)."""
+        ids = set(self._drives) | self._recovering
+        for q in self.scheduler.queues.values():
+            ids.update(t.spec.id for t in q)
+        return ids
 
     async def _announce_session(self, session_id: str) -> None:
         """Tell the other routers of the cluster that a session changed (they drop their cached copy)."""
@@ -114,6 +139,8 @@ class RouterService:
     async def close(self) -> None:
         self.hub.shutting_down = True
         await self.scheduler.close()
+        if self.cluster is not None:
+            await self.cluster.close()
         for t in list(self._bg):
             t.cancel()
         for t in list(self._bg):
@@ -288,13 +315,16 @@ class RouterService:
     async def _recover(self) -> None:
         """Finish what a previous process left: re-dispatch unfinished tasks, close answered ones with the
         answer on record, then settle or release every hold that no running task will settle."""
-        rows = await self.store.unfinished_tasks()
+        # in a cluster, unfinished tasks belong to their owners until their leases lapse: the cluster's sweep takes
+        # those (this router's own included, under its own name), never another live router's
+        rows = [] if self.cluster is not None else await self.store.unfinished_tasks()
         if rows:
             log.info("recovering unfinished tasks count=%d", len(rows))
         for row in rows:
             self._spawn(self._recover_one(row), f"recover-{row['id']}")
         # answered but not yet ended when the router stopped: close them (their holds are settled below)
-        for row in await self.store.fetch_all(select(s.tasks.c.id).where(s.tasks.c.phase == "validated")):
+        answered = select(s.tasks.c.id).where(s.tasks.c.phase == "validated")
+        for row in [] if self.cluster is not None else await self.store.fetch_all(answered):
             await self.store.write(
                 update(s.tasks)
                 .where(s.tasks.c.id == row["id"])
@@ -354,6 +384,13 @@ class RouterService:
             log.info("orphan hold released task_id=%s", task_id)
 
     async def _recover_one(self, row: Row) -> None:
+        self._recovering.add(row["id"])
+        try:
+            await self._recover_task(row)
+        finally:
+            self._recovering.discard(row["id"])
+
+    async def _recover_task(self, row: Row) -> None:
         try:
             session = await self.sessions.get(row["session_id"])
             spec = task_from_row(row, session)

@@ -1,0 +1,428 @@
+"""One network over N routers: presence, relaying and task ownership on the cluster's broker (Redis).
+
+What lives where (and why):
+
+* **Presence** (Redis, expiring): ``router:<id>`` is a heartbeat key with a TTL (``HEARTBEAT_TTL_S``); the hash
+  ``nodes`` maps each node to the router holding its connection and what the pool needs (models, capacity, stake
+  pool, record, load). An entry counts only while its router's heartbeat lives, so a killed router's nodes vanish
+  within the TTL. Joins and leaves are also published on the ``presence`` channel (seen at once); each router
+  publishes its nodes' load every ``LOAD_S``; a full re-read every ``RESYNC_S`` (and after a subscription gap)
+  repairs anything missed. A node connected to two routers is one node: the newest connection owns the entry, and
+  a router that sees another own a node it also holds keeps its own link for its own tasks.
+* **Relaying** (Redis pub/sub, one channel per router, ``relay:<id>``): a task here that draws another router's
+  node sends through a ``RelayLink``; that router checks the node's capacity, signs the assignment as the router
+  the miner dialled, sends it, and relays the miner's (already checked) messages back. A node with no room after
+  all is answered ``busy`` and the task draws the next node.
+* **Task ownership** (Redis, expiring): ``task:<id>`` names the router running a task; the owner renews the leases
+  of every task it runs every ``LEASE_RENEW_S``. A task in the durable record that is not finished, older than a
+  lease, and whose lease has expired (its router died) is taken by whoever sets the key first (``SET NX``) and
+  re-dispatched from its row, exactly as a restarted router re-dispatches its own. So no task runs on two routers
+  at once, and its end and settlement are written once, by its one owner.
+* **Durable record** (PostgreSQL, shared): tasks, sessions, ledger, reputation. Nothing above needs to survive a
+  broker restart: presence and loads are re-announced within seconds; leases are renewed by live owners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from hivemesh.cluster.broker import Broker
+from hivemesh.protocol import wire
+from hivemesh.router.hub import MinerHub, MinerLink
+from hivemesh.router.links import RelayLink
+from hivemesh.store.db import Row, Store
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0  # a router renews its heartbeat this often
+HEARTBEAT_TTL_S = 4.0  # ... and is dead to the others once it is this late
+LOAD_S = 0.25  # nodes' load published this often (only what changed)
+RESYNC_S = 5.0  # the whole presence re-read this often
+LEASE_TTL_S = 5.0  # a task's owner must renew its lease within this
+LEASE_RENEW_S = 1.5
+SWEEP_S = 2.0  # how often orphaned tasks (their owner's lease expired) are looked for
+RELAYED_KEEP_S = 900.0  # how long a relayed task's routing is kept here (its owner releases the nodes sooner)
+BUSY = "busy"  # the TaskFailed code of an assignment a node's holder had no room for
+
+
+@dataclass(eq=False)
+class Relayed:
+    """A task another router owns, with nodes connected here: their messages go back to the owner."""
+
+    owner: str
+    task_id: str
+    post: Callable[[str, dict[str, Any]], None]
+    nodes: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # node -> reservations held
+    since: float = field(default_factory=time.monotonic)
+
+    def on_message(self, node: str, msg: wire.FromMiner) -> None:
+        self.post(self.owner, {"op": "msg", "node": node, "msg": msg.model_dump(mode="json")})
+
+    def on_disconnect(self, node: str) -> None:
+        if node in self.nodes:
+            self.post(self.owner, {"op": "gone", "node": node, "task": self.task_id})
+
+
+class Cluster:
+    """This router's part of the cluster: its presence, its relay channel, its task leases."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        hub: MinerHub,
+        store: Store,
+        *,
+        me: str,
+        running: Callable[[], set[str]],
+        recover: Callable[[Row], Any],
+    ) -> None:
+        self.broker = broker
+        self.hub = hub
+        self.store = store
+        self.me = me
+        self.running = running  # ids of the tasks this router runs now
+        self.recover = recover  # async (task row) -> None: re-dispatch a task taken over
+        self.r = broker.redis
+        self._outbox: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._wake = asyncio.Event()
+        self._loads: dict[str, int] = {}  # node -> inflight last published
+        self._bg: list[asyncio.Task[None]] = []
+        self.taken_over = 0  # tasks this router took over from a dead one
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.hub.on_presence = self._presence_changed
+        self.broker.subscribe(f"relay:{self.me}", self._on_relay)
+        self.broker.subscribe("presence", self._on_presence)
+        self.broker.on_gap.append(lambda: self._spawn(self._resync()))
+        await self._beat()
+        for link in list(self.hub.links.values()):
+            await self.r.hset(self.broker.key("nodes"), link.node, self._entry(link))
+        await self._resync()
+        for loop in (self._beat_loop, self._send_loop, self._load_loop, self._resync_loop, self._lease_loop):
+            self._bg.append(asyncio.create_task(loop(), name=f"cluster-{loop.__name__}"))
+
+    async def close(self) -> None:
+        for t in self._bg:
+            t.cancel()
+        for t in self._bg:
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await t
+        with contextlib.suppress(RedisError, OSError):
+            mine = [n for n in self.hub.links]
+            if mine:
+                await self.r.hdel(self.broker.key("nodes"), *mine)
+            await self.r.delete(self.broker.key("router", self.me))
+            for node in mine:
+                await self.broker.publish(
+                    "presence", json.dumps({"op": "leave", "router": self.me, "node": node})
+                )
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        self._bg.append(t)
+        t.add_done_callback(lambda _: self._bg.remove(t) if t in self._bg else None)
+
+    async def _forever(self, every: float, step: Callable[[], Any]) -> None:
+        while True:
+            try:
+                await step()
+            except (RedisError, OSError) as exc:
+                log.warning("cluster step failed step=%s error=%s", step.__name__, str(exc)[:200])
+            except Exception:
+                log.exception("cluster step crashed step=%s", step.__name__)
+            await asyncio.sleep(every)
+
+    # ------------------------------------------------------------------ presence
+
+    def _entry(self, link: MinerLink) -> str:
+        return json.dumps(
+            {
+                "router": self.me,
+                "nonce": link.nonce,
+                "cards": [c.model_dump(mode="json") for c in link.cards],
+                "capacity": link.capacity,
+                "pool": link.pool,
+                "finished": link.finished,
+                "validated": link.validated,
+                "inflight": link.inflight,
+            }
+        )
+
+    def _presence_changed(self, link: MinerLink, joined: bool) -> None:
+        self._spawn(self._announce(link, joined))
+
+    async def _announce(self, link: MinerLink, joined: bool) -> None:
+        key = self.broker.key("nodes")
+        if joined:
+            entry = self._entry(link)
+            await self.r.hset(key, link.node, entry)
+            await self.broker.publish(
+                "presence", json.dumps({"op": "join", "node": link.node, "entry": json.loads(entry)})
+            )
+        else:
+            owner = await self.r.hget(key, link.node)
+            if owner is not None and json.loads(owner).get("router") == self.me:
+                await self.r.hdel(key, link.node)
+            await self.broker.publish(
+                "presence", json.dumps({"op": "leave", "router": self.me, "node": link.node})
+            )
+
+    def _on_presence(self, data: bytes) -> None:
+        ev = json.loads(data)
+        op = ev.get("op")
+        if op == "join":
+            self._remote(ev["node"], ev["entry"])
+        elif op == "leave":
+            held = self.hub.remote.get(ev["node"])
+            if held is not None and held.holder == ev.get("router"):
+                self.hub.drop_remote(ev["node"])
+        elif op == "load" and ev.get("router") != self.me:
+            for node, (inflight, finished) in ev["loads"].items():
+                link = self.hub.remote.get(node)
+                if link is not None and link.holder == ev["router"]:
+                    link.elsewhere = max(0, int(inflight) - link.inflight)
+                    link.finished = int(finished)
+
+    def _remote(self, node: str, entry: dict[str, Any]) -> None:
+        holder = entry["router"]
+        if holder == self.me:
+            return
+        link = self.hub.remote.get(node)
+        if link is not None and link.holder == holder and link.nonce == entry["nonce"]:
+            link.elsewhere = max(0, int(entry.get("inflight", 0)) - link.inflight)
+            link.validated = bool(entry.get("validated"))
+            return
+        cards = tuple(wire.ModelCard.model_validate(c) for c in entry["cards"])
+        self.hub.add_remote(
+            RelayLink(
+                node=node,
+                nonce=entry["nonce"],
+                models=frozenset(c.id for c in cards),
+                cards=cards,
+                capacity=int(entry["capacity"]),
+                pool=int(entry["pool"]),
+                finished=int(entry.get("finished", 0)),
+                validated=bool(entry.get("validated")),
+                holder=holder,
+                forward=self._forward,
+                elsewhere=int(entry.get("inflight", 0)),
+            )
+        )
+
+    async def _beat(self) -> None:
+        await self.r.set(self.broker.key("router", self.me), str(time.time()), px=int(HEARTBEAT_TTL_S * 1000))
+
+    async def _beat_loop(self) -> None:
+        await self._forever(HEARTBEAT_S, self._beat)
+
+    async def _publish_loads(self) -> None:
+        loads: dict[str, tuple[int, int]] = {}
+        for node, link in self.hub.links.items():
+            now = (link.inflight, link.finished)
+            if self._loads.get(node) != link.inflight:
+                self._loads[node] = link.inflight
+                loads[node] = now
+        if loads:
+            await self.broker.publish(
+                "presence", json.dumps({"op": "load", "router": self.me, "loads": loads})
+            )
+
+    async def _load_loop(self) -> None:
+        await self._forever(LOAD_S, self._publish_loads)
+
+    async def _resync(self) -> None:
+        """Re-read the whole presence: add nodes missed, drop those whose router's heartbeat has expired."""
+        entries = await self.r.hgetall(self.broker.key("nodes"))
+        parsed = {_text(k): json.loads(v) for k, v in entries.items()}
+        routers = sorted({e["router"] for e in parsed.values()})
+        beats = await self.r.mget([self.broker.key("router", r) for r in routers]) if routers else []
+        alive = dict(zip(routers, beats, strict=True))
+        dead = {r for r, beat in alive.items() if beat is None and r != self.me}
+        for node, e in parsed.items():
+            if e["router"] in dead:
+                continue
+            self._remote(node, e)
+        for node, link in list(self.hub.remote.items()):
+            e = parsed.get(node)
+            if e is None or e["router"] != link.holder or e["router"] in dead:
+                self.hub.drop_remote(node)
+        if dead:  # the dead routers' entries: gone for everyone, and their relayed reservations here too
+            stale = [n for n, e in parsed.items() if e["router"] in dead]
+            if stale:
+                await self.r.hdel(self.broker.key("nodes"), *stale)
+            self._owners_gone(dead)
+        # our own entries: re-asserted (a broker restart loses them)
+        for node, own in self.hub.links.items():
+            e = parsed.get(node)
+            if e is None or e["router"] != self.me or e["nonce"] != own.nonce:
+                await self.r.hset(self.broker.key("nodes"), node, self._entry(own))
+
+    async def _resync_loop(self) -> None:
+        await asyncio.sleep(RESYNC_S)
+        await self._forever(RESYNC_S, self._resync)
+
+    # ------------------------------------------------------------------ relaying
+
+    async def _forward(self, holder: str, node: str, msg: wire._Msg) -> bool:
+        """A RelayLink's send: to the router holding ``node``. A released reservation goes the same way."""
+        self._post(holder, {"op": "send", "from": self.me, "node": node, "msg": msg.model_dump(mode="json")})
+        return True
+
+    def release(self, link: RelayLink) -> None:
+        """This router's reservation of another router's node ended (the hub's release)."""
+        self._post(link.holder, {"op": "release", "from": self.me, "node": link.node})
+
+    def _post(self, router: str, payload: dict[str, Any]) -> None:
+        self._outbox[router].append(payload)
+        self._wake.set()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            box, self._outbox = self._outbox, defaultdict(list)
+            try:
+                pipe = self.r.pipeline(transaction=False)
+                for router, msgs in box.items():
+                    pipe.publish(self.broker.key(f"relay:{router}"), json.dumps(msgs))
+                await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("relay publish failed error=%s", str(exc)[:200])
+
+    def _on_relay(self, data: bytes) -> None:
+        for ev in json.loads(data):
+            try:
+                self._relay_one(ev)
+            except Exception:
+                log.exception("bad relay message op=%s", ev.get("op"))
+
+    def _relay_one(self, ev: dict[str, Any]) -> None:
+        op = ev["op"]
+        if op == "msg":  # a miner's message for a task of ours, checked by the router holding it
+            self.hub.deliver(ev["node"], wire.decode_from_miner(json.dumps(ev["msg"])))
+        elif op == "gone":
+            run = self.hub.runs.get(ev["task"])
+            if run is not None:
+                run.on_disconnect(ev["node"])
+        elif op == "send":
+            self._send_to_node(ev["from"], ev["node"], wire.decode_to_miner(json.dumps(ev["msg"])))
+        elif op == "release":
+            self._release_for(ev["from"], ev["node"], None)
+
+    def _send_to_node(self, owner: str, node: str, msg: wire.ToMiner) -> None:
+        task_id = getattr(msg, "task_id", None)
+        link = self.hub.links.get(node)
+        if isinstance(msg, wire.Assign | wire.Verify):
+            assert task_id is not None
+            if link is None or link.closed or self.hub.reserve(node) is None:
+                why = "not connected here" if link is None or link.closed else "no free slot"
+                failed = wire.TaskFailed(task_id=task_id, message=f"node busy: {why}", code=BUSY)
+                self._post(owner, {"op": "msg", "node": node, "msg": failed.model_dump(mode="json")})
+                return
+            relayed = self.hub.relayed.get(task_id)
+            if not isinstance(relayed, Relayed):
+                relayed = Relayed(owner, task_id, self._post)
+                self.hub.relayed[task_id] = relayed
+            relayed.nodes[node] += 1
+        if link is None or link.closed:
+            if task_id is not None:
+                self._post(owner, {"op": "gone", "node": node, "task": task_id})
+            return
+        self._spawn(self._send(link, msg))
+
+    async def _send(self, link: MinerLink, msg: wire._Msg) -> None:
+        await link.send(msg)
+
+    def _release_for(self, owner: str, node: str, task_id: str | None) -> None:
+        """Give back one reservation ``owner`` held on ``node`` (the oldest of its relayed tasks that holds one)."""
+        for tid, relayed in list(self.hub.relayed.items()):
+            if not isinstance(relayed, Relayed) or relayed.owner != owner or relayed.nodes.get(node, 0) < 1:
+                continue
+            if task_id is not None and tid != task_id:
+                continue
+            relayed.nodes[node] -= 1
+            link = self.hub.links.get(node)
+            if link is not None:
+                self.hub.release(link)
+            return
+
+    def _owners_gone(self, dead: set[str]) -> None:
+        """Routers died: cancel what they had running on nodes here and free those slots."""
+        for tid, relayed in list(self.hub.relayed.items()):
+            if not isinstance(relayed, Relayed) or relayed.owner not in dead:
+                continue
+            for node, held in relayed.nodes.items():
+                link = self.hub.links.get(node)
+                if link is None:
+                    continue
+                for _ in range(held):
+                    self.hub.release(link)
+                self._spawn(self._send(link, wire.Cancel(task_id=tid, reason="its router is gone")))
+            del self.hub.relayed[tid]
+
+    def _purge_relayed(self) -> None:
+        cutoff = time.monotonic() - RELAYED_KEEP_S
+        for tid, relayed in list(self.hub.relayed.items()):
+            if isinstance(relayed, Relayed) and relayed.since < cutoff and not any(relayed.nodes.values()):
+                del self.hub.relayed[tid]
+
+    # ------------------------------------------------------------------ task ownership
+
+    async def _renew(self) -> None:
+        ids = self.running()
+        if ids:
+            pipe = self.r.pipeline(transaction=False)
+            for tid in ids:
+                pipe.set(self.broker.key("task", tid), self.me, px=int(LEASE_TTL_S * 1000))
+            await pipe.execute()
+        self._purge_relayed()
+
+    async def claim(self, task_id: str) -> bool:
+        """Take the lease of a task (a new one, or one whose owner is gone): True if it is now ours."""
+        key = self.broker.key("task", task_id)
+        if await self.r.set(key, self.me, px=int(LEASE_TTL_S * 1000), nx=True):
+            return True
+        holder = await self.r.get(key)
+        return holder is not None and _text(holder) == self.me
+
+    async def _sweep(self) -> None:
+        """Unfinished tasks whose owner's lease has lapsed: take them over and finish them."""
+        mine = self.running()
+        old = time.time() - LEASE_TTL_S * 2  # a task younger than this may not have its first lease yet
+        for row in await self.store.unfinished_tasks():
+            if row["id"] in mine or row["created_at"] > old:
+                continue
+            if not await self.claim(row["id"]):
+                continue
+            self.taken_over += 1
+            log.info("task taken over task_id=%s", row["id"])
+            self._spawn(self._finish_taken(row))
+
+    async def _finish_taken(self, row: Row) -> None:
+        await self.recover(row)
+
+    async def _lease_loop(self) -> None:
+        async def step() -> None:
+            await self._renew()
+            now = time.monotonic()
+            if now - getattr(self, "_swept", 0.0) >= SWEEP_S:
+                self._swept = now
+                await self._sweep()
+
+        await self._forever(LEASE_RENEW_S, step)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
