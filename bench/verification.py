@@ -637,6 +637,7 @@ def part_attacks(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict
         sid = net.session(mode="token", verifiers=1)
         seen_strikes: set[str] = set()
         lock = threading.Lock()
+        by_log = gens == 0  # every generation is the attacker's: judge its verified answers by its log
         for attack in args.attacks:
             a = net.add_attacker(f"attacker-{attack}", attack)
             t0 = time.perf_counter()
@@ -668,15 +669,19 @@ def part_attacks(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict
                 verdict, by, text = served(resp)
                 mine = a.addresses()
                 task = None if "error" in resp else net.task(sid, resp["hivemesh"]["task_id"])
+                if task is None and args.concurrency == 1:  # a failed task: the session's newest is this one
+                    latest = net.http.get(f"/api/v1/sessions/{sid}/tasks", params={"limit": 1}).json()["data"]
+                    task = net.task(sid, latest[0]["id"]) if latest else None
                 ref = None
-                if task is not None and verdict == "verified" and by in mine:
+                if task is not None and verdict == "verified" and by in mine and not by_log:
                     ref = net.reference(prompt_of(i), temperature=temperature, seed=1000 + i, exclude=mine)
                 with lock:
                     net.rotate_quarantined()  # a quarantined attacker rejoins under a fresh identity
                     row["tasks"] += 1
                     row["verdicts"][verdict] = row["verdicts"].get(verdict, 0) + 1
-                    if task is None:
+                    if "error" in resp:
                         row.setdefault("errors", []).append(resp["error"][:160])
+                    if task is None:
                         return
                     gens = generators_of(task)
                     if gens and gens[0] in mine:
@@ -689,12 +694,16 @@ def part_attacks(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict
                             )
                         )
                         if any(
-                            f.get("generator") in mine for f in resp["hivemesh"].get("fraud_proofs") or []
+                            h.get("phase") == "fraud" and h.get("generator") in mine for h in task["history"]
                         ):
                             row["caught"] += 1
                     if verdict == "verified" and by in mine:
                         row["attacker_verified"] += 1
-                        if ref != text:  # no honest reference counts as wrong too: never flattering
+                        if by_log:  # no honest generator to ask: the attacker's own log says it cheated
+                            wrong = a.role == "other_model" or text in cheated_outputs(a)
+                        else:  # no honest reference counts as wrong too: never flattering
+                            wrong = ref != text
+                        if wrong:
                             row["wrong_verified"] += 1
                             row.setdefault("wrong", []).append(f"{text[:80]!r} vs honest {str(ref)[:80]!r}")
                     if row["tasks"] % 50 == 0:
