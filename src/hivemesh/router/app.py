@@ -99,7 +99,12 @@ def build_app(
 
     async def health(request: Request) -> Response:
         return JSONResponse(
-            {"status": "ok", "miners": len(service.hub.links), "router": service.identity.address}
+            {
+                "status": "ok",
+                "miners": len(service.hub.links),  # connected to this router
+                "nodes": len(service.hub.members()),  # in the network it serves (a cluster: every router's)
+                "router": service.identity.address,
+            }
         )
 
     @contextlib.asynccontextmanager

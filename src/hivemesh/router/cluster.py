@@ -35,11 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
+from sqlalchemy import select
 
 from hivemesh.cluster.broker import Broker
 from hivemesh.protocol import wire
 from hivemesh.router.hub import MinerHub, MinerLink
 from hivemesh.router.links import RelayLink
+from hivemesh.store import schema as s
 from hivemesh.store.db import Row, Store
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,9 @@ class Cluster:
         self.store = store
         self.me = me
         self.running = running  # ids of the tasks this router runs now
-        self.recover = recover  # async (task row) -> None: re-dispatch a task taken over
+        self.recover = (
+            recover  # async (task row) -> None: re-dispatch a task taken over (or end an answered one)
+        )
         self.r = broker.redis
         self._outbox: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._wake = asyncio.Event()
@@ -401,7 +405,8 @@ class Cluster:
         """Unfinished tasks whose owner's lease has lapsed: take them over and finish them."""
         mine = self.running()
         old = time.time() - LEASE_TTL_S * 2  # a task younger than this may not have its first lease yet
-        for row in await self.store.unfinished_tasks():
+        answered = select(s.tasks).where(s.tasks.c.phase == "validated")  # answered, never ended
+        for row in [*await self.store.unfinished_tasks(), *await self.store.fetch_all(answered)]:
             if row["id"] in mine or row["created_at"] > old:
                 continue
             if not await self.claim(row["id"]):

@@ -145,11 +145,8 @@ class MinerHub:
         return out
 
     def models(self) -> dict[str, wire.ModelCard]:
-        out: dict[str, wire.ModelCard] = {}
-        for link in self.members():
-            for card in link.cards:
-                out.setdefault(card.id, card)
-        return out
+        """Every model some node in the network serves now, with a card for it (O(models), not O(nodes))."""
+        return dict(self.pool.cards)
 
     def score(self, node: str) -> float:
         """The node's total reputation score in [0, 1] (0.5, neutral, without a reputation service)."""

@@ -101,6 +101,7 @@ class NodePool:
         self.classes: OrderedDict[Eligibility, PoolClass] = OrderedDict()
         self._by_model: dict[str, set[Eligibility]] = {}
         self.model_counts: dict[str, int] = {}  # nodes serving each model, eligible or not
+        self.cards: dict[str, wire.ModelCard] = {}  # a card of each model served (the first node's)
         self.synced_at = time.monotonic()
 
     # ------------------------------------------------------------------ questions
@@ -163,6 +164,8 @@ class NodePool:
     def joined(self, m: Member) -> None:
         for model in m.models:
             self.model_counts[model] = self.model_counts.get(model, 0) + 1
+        for card in m.cards:
+            self.cards.setdefault(card.id, card)
         self.update(m)
 
     def left(self, m: Member) -> None:
@@ -172,6 +175,7 @@ class NodePool:
                 self.model_counts[model] = left
             else:
                 self.model_counts.pop(model, None)
+                self.cards.pop(model, None)
         for model in m.models:
             for key in self._by_model.get(model, ()):
                 cls = self.classes[key]

@@ -383,7 +383,24 @@ class RouterService:
                 await self.ledger.release(task_id, reason="orphan hold: the task was never recorded")
             log.info("orphan hold released task_id=%s", task_id)
 
+    async def _close_answered(self, row: Row) -> None:
+        """A task its router answered (phase ``validated``) but did not end before it died: ended from its
+        recorded answer, and its hold settled from it (idempotent: nothing is paid twice)."""
+        now = time.time()
+        await self.store.write(
+            update(s.tasks)
+            .where(s.tasks.c.id == row["id"], s.tasks.c.phase == "validated")
+            .values(phase="ended", finished_at=now, updated_at=now)
+        )
+        if self.billing is not None and row["result"]:
+            with contextlib.suppress(HivemeshError):
+                session = await self.sessions.get(row["session_id"])
+                await self.billing.settle_recorded(row["id"], session.owner, row["result"])
+
     async def _recover_one(self, row: Row) -> None:
+        if row["phase"] == "validated":
+            await self._close_answered(row)
+            return
         self._recovering.add(row["id"])
         try:
             await self._recover_task(row)
