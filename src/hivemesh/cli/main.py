@@ -197,6 +197,12 @@ def up(
     redundancy: Annotated[int, typer.Option("-k", "--redundancy")] = 3,
     quorum: Annotated[int, typer.Option("-m", "--quorum")] = 2,
     mode: Annotated[str, typer.Option(help="token, exact, semantic or none")] = "token",
+    routers: Annotated[
+        int,
+        typer.Option(
+            help="Routers: above 1, a local cluster on private PostgreSQL and Redis (Debian's binaries)."
+        ),
+    ] = 1,
     chain: Annotated[
         str | None,
         typer.Option(help="local: run the ledger on a local anvil chain (stake and payments on chain)."),
@@ -209,6 +215,23 @@ def up(
         raise typer.BadParameter("--miners must be at least 1")
     if chain not in (None, "local"):
         raise typer.BadParameter("--chain takes local (anvil); for another chain use hivemesh chain deploy")
+    if routers > 1:  # one network over several routers: presence, relaying and task leases on Redis
+        from hivemesh.cli.cluster_up import run_cluster_up
+
+        with contextlib.suppress(KeyboardInterrupt):
+            raise typer.Exit(
+                run_cluster_up(
+                    routers=routers,
+                    miners=miners,
+                    port=port,
+                    data_dir=data_dir or default_data_dir(),
+                    engine=engine,
+                    redundancy=redundancy,
+                    quorum=quorum,
+                    mode=mode,
+                )
+            )
+        return
     with contextlib.suppress(KeyboardInterrupt):
         code = run_up(
             miners=miners,
