@@ -247,8 +247,7 @@ class Completions:
 
     def check_served(self, model: str, feature: Literal["structured", "logprobs"], param: str) -> None:
         """Refuse a feature unless every connected miner serving ``model`` advertises it on its card."""
-        cards = [c for ln in self.service.hub.serving(model) for c in ln.cards if c.id == model]
-        if not cards or not all(getattr(c, feature) for c in cards):
+        if not self.service.hub.pool.all_have(model, feature):  # O(1): counted as nodes join and leave
             what = (
                 "constrain their output (tools, response_format)"
                 if feature == "structured"
@@ -271,15 +270,7 @@ class Completions:
                 f"{PROMPT_FRAME_BUDGET} bytes of prompt per task. Please reduce the length of the messages.",
                 param=param,
             )
-        context = max(
-            (
-                c.context_length
-                for ln in self.service.hub.serving(body.model)
-                for c in ln.cards
-                if c.id == body.model
-            ),
-            default=0,
-        )
+        context = self.service.hub.pool.max_context(body.model)  # not a scan of the nodes
         at_least = sum(len(t.encode()) for t in texts) // MAX_TOKEN_BYTES
         if context and at_least >= context:
             raise ContextTooLong(

@@ -148,7 +148,7 @@ class OpenAIApi:
     def _model_json(self, mid: str) -> dict[str, Any]:
         """A served model, or one served before whose miners have not come back (``miners: 0``)."""
         card = self.service.hub.models().get(mid)
-        miners = len(self.service.hub.serving(mid)) if card is not None else 0
+        miners = self.service.hub.pool.serves(mid) if card is not None else 0
         context = card.context_length if card is not None else None
         return model_entry(mid, hivemesh={"miners": miners, "context_length": context})
 

@@ -14,7 +14,7 @@ while they are all busy), and ``index``, those with a free slot weighted as ``co
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -25,6 +25,7 @@ from hivemesh.protocol import wire
 from hivemesh.protocol.wire import NodeId
 
 Role = Literal["any", "tokens", "verify"]
+FEATURES = ("structured", "logprobs")  # card features a request may need every serving node to have
 MAX_CLASSES = 512  # classes kept at once (least recently used dropped): models x tiers x roles in practice
 
 
@@ -102,6 +103,8 @@ class NodePool:
         self._by_model: dict[str, set[Eligibility]] = {}
         self.model_counts: dict[str, int] = {}  # nodes serving each model, eligible or not
         self.cards: dict[str, wire.ModelCard] = {}  # a card of each model served (the first node's)
+        self._contexts: dict[str, Counter[int]] = {}  # model -> its cards' context lengths (how many of each)
+        self._features: dict[tuple[str, str], int] = {}  # (model, feature) -> cards that have it
         self.synced_at = time.monotonic()
 
     # ------------------------------------------------------------------ questions
@@ -125,6 +128,15 @@ class NodePool:
             old, _ = self.classes.popitem(last=False)
             self._by_model.get(old.model, set()).discard(old)
         return cls
+
+    def max_context(self, model: str) -> int:
+        """The longest context any node serving ``model`` advertises (0: none serves it). O(distinct lengths)."""
+        return max(self._contexts.get(model) or (0,))
+
+    def all_have(self, model: str, feature: str) -> bool:
+        """Whether every node serving ``model`` advertises ``feature`` on its card (and some node serves it)."""
+        n = self.model_counts.get(model, 0)
+        return n > 0 and self._features.get((model, feature), 0) >= n
 
     def serves(self, model: str) -> int:
         """How many nodes serve ``model`` (O(1))."""
@@ -166,9 +178,21 @@ class NodePool:
             self.model_counts[model] = self.model_counts.get(model, 0) + 1
         for card in m.cards:
             self.cards.setdefault(card.id, card)
+            self._contexts.setdefault(card.id, Counter())[card.context_length] += 1
+            for feature in FEATURES:
+                if getattr(card, feature, False):
+                    self._features[(card.id, feature)] = self._features.get((card.id, feature), 0) + 1
         self.update(m)
 
     def left(self, m: Member) -> None:
+        for card in m.cards:
+            if (ctx := self._contexts.get(card.id)) is not None:
+                ctx[card.context_length] -= 1
+                if ctx[card.context_length] <= 0:
+                    del ctx[card.context_length]
+            for feature in FEATURES:
+                if getattr(card, feature, False):
+                    self._features[(card.id, feature)] = self._features.get((card.id, feature), 1) - 1
         for model in m.models:
             left = self.model_counts.get(model, 0) - 1
             if left > 0:
