@@ -391,6 +391,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of measured load per point")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     p.add_argument("--cluster-miners", type=int, default=300)
+    p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
     parts = set(args.parts.split(","))
     root = Path(tempfile.mkdtemp(prefix="hm-bench-cluster-"))
@@ -406,6 +407,8 @@ def main() -> None:
     print()
     for k, v in out:
         print(f"{k:>16}  {v}")
+    if args.json:
+        args.json.write_text(json.dumps(dict(out), indent=2))
 
 
 if __name__ == "__main__":
