@@ -286,6 +286,9 @@ class Cluster:
 
     def release(self, link: RelayLink) -> None:
         """This router's reservation of another router's node ended (the hub's release)."""
+        if link.refused > 0:  # the holder answered busy: it holds nothing to free
+            link.refused -= 1
+            return
         self._post(link.holder, {"op": "release", "from": self.me, "node": link.node})
 
     def _post(self, router: str, payload: dict[str, Any]) -> None:
@@ -315,7 +318,12 @@ class Cluster:
     def _relay_one(self, ev: dict[str, Any]) -> None:
         op = ev["op"]
         if op == "msg":  # a miner's message for a task of ours, checked by the router holding it
-            self.hub.deliver(ev["node"], wire.decode_from_miner(json.dumps(ev["msg"])))
+            msg = wire.decode_from_miner(json.dumps(ev["msg"]))
+            if isinstance(msg, wire.TaskFailed) and msg.code == BUSY:
+                link = self.hub.remote.get(ev["node"])
+                if link is not None:
+                    link.refused += 1  # its holder reserved nothing: the release that follows stays here
+            self.hub.deliver(ev["node"], msg)
         elif op == "gone":
             run = self.hub.runs.get(ev["task"])
             if run is not None:
@@ -404,7 +412,9 @@ class Cluster:
     async def _sweep(self) -> None:
         """Unfinished tasks whose owner's lease has lapsed: take them over and finish them."""
         mine = self.running()
-        old = time.time() - LEASE_TTL_S * 2  # a task younger than this may not have its first lease yet
+        # a live owner leases each of its tasks within LEASE_RENEW_S of taking it: one younger than a lease plus
+        # that may not have its first lease yet
+        old = time.time() - LEASE_TTL_S - LEASE_RENEW_S
         answered = select(s.tasks).where(s.tasks.c.phase == "validated")  # answered, never ended
         for row in [*await self.store.unfinished_tasks(), *await self.store.fetch_all(answered)]:
             if row["id"] in mine or row["created_at"] > old:

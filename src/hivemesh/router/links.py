@@ -109,6 +109,7 @@ class RelayLink(Link):
     holder: str  # the router that holds the connection
     forward: Callable[[str, str, wire._Msg], Awaitable[bool]]  # (holder, node, msg) -> sent to the broker
     elsewhere: int = 0  # tasks the node runs for other routers, as its holder last said
+    refused: int = 0  # assignments its holder answered busy whose release must not reach the holder
 
     @property
     def local(self) -> bool:
