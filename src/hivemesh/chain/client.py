@@ -10,6 +10,7 @@ errors: ``ChainReverted`` carrying the contract's reason, or ``ChainUnavailable`
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ from web3.types import TxReceipt
 from hivemesh.chain.artifacts import load
 from hivemesh.errors import ChainReverted, ChainUnavailable, LedgerError
 
+log = logging.getLogger(__name__)
+NONCE_RETRIES = 5  # sends of one transaction whose nonce another signer of the same key took meanwhile
 GAS_MARGIN = (
     1.25  # estimates are exact for the state they ran on; a batch may land on a slightly different one
 )
@@ -64,6 +67,12 @@ def revert_reason(exc: BaseException) -> str:
             text = text.split(prefix, 1)[1] or "reverted without a reason"
             break
     return text.strip("'\" ") or "reverted without a reason"
+
+
+def nonce_conflict(exc: BaseException) -> bool:
+    """The node refused a transaction for its nonce (used, or pending with another transaction), not its effect."""
+    text = str(exc).lower()
+    return any(s in text for s in ("nonce too low", "nonce too high", "replacement transaction underpriced"))
 
 
 @contextmanager
@@ -170,6 +179,21 @@ class Chain:
         """Sign and send one call, wait for its receipt; raise ``ChainReverted`` with the reason if it fails."""
         return self._send(account, fn, value, gas, fn.fn_name, timeout)
 
+    def _sign_and_send(self, account: LocalAccount, tx: dict[str, Any]) -> Any:
+        """Sign ``tx`` with the account's next nonce and send it. A nonce that someone else used meanwhile (the
+        same key signing in another process: ``hivemesh deposit`` beside a running router) is not a revert: the
+        nonce is resynced from the chain and the transaction signed again."""
+        for attempt in range(NONCE_RETRIES):
+            tx["nonce"] = self.nonces.take(account.address)
+            try:
+                return self.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+            except Web3RPCError as exc:
+                if attempt == NONCE_RETRIES - 1 or not nonce_conflict(exc):
+                    raise
+                log.info("nonce taken elsewhere, resyncing account=%s nonce=%d", account.address, tx["nonce"])
+                self.nonces.forget(account.address)
+        raise AssertionError("unreachable")
+
     def _send(
         self, account: LocalAccount, fn: Any, value: int, gas: int | None, what: str, timeout: float
     ) -> TxReceipt:
@@ -181,9 +205,7 @@ class Chain:
             tx = fn.build_transaction({**tx, "gas": gas, "nonce": 0})
         try:
             with chain_errors(what):
-                tx["nonce"] = self.nonces.take(sender)
-                signed = account.sign_transaction(tx)
-                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+                tx_hash = self._sign_and_send(account, tx)
                 receipt = self.w3.eth.wait_for_transaction_receipt(
                     tx_hash, timeout=timeout, poll_latency=0.05
                 )

@@ -207,6 +207,9 @@ def up(
         str | None,
         typer.Option(help="local: run the ledger on a local anvil chain (stake and payments on chain)."),
     ] = None,
+    semantic: Annotated[
+        bool, typer.Option(help="The router loads the embedding model (semantic mode, /v1/embeddings).")
+    ] = True,
 ) -> None:
     """Start a whole local network (one router, N miners, each its own process) and keep it running."""
     from hivemesh.cli.up import run_up
@@ -242,6 +245,7 @@ def up(
             quorum=quorum,
             mode=mode,
             chain=chain,
+            semantic=semantic,
         )
         raise typer.Exit(code)
 

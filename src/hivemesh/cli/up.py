@@ -99,6 +99,7 @@ def run_up(
     quorum: int,
     mode: str,
     chain: str | None = None,
+    semantic: bool = True,
 ) -> int:
     console = Console(stderr=True)
     data_dir = data_dir.expanduser().resolve()
@@ -121,7 +122,7 @@ def run_up(
     threads = max(1, (os.cpu_count() or 1) // miners)
     k = min(redundancy, miners)
     router_args = ["router", "--data-dir", str(data_dir / "router"), "--port", str(port), "-k", str(k)]
-    router_args += ["-m", str(min(quorum, k)), "--mode", mode]
+    router_args += ["-m", str(min(quorum, k)), "--mode", mode] + ([] if semantic else ["--no-semantic"])
     log_start = (net.logs / "router.log").stat().st_size if (net.logs / "router.log").exists() else 0
     url = None
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -135,7 +136,8 @@ def run_up(
             console=console,
             transient=False,
         ) as progress:
-            t_router = progress.add_task("router: starting (loading the embedding model)", total=1)
+            starting = "router: starting" + (" (loading the embedding model)" if semantic else "")
+            t_router = progress.add_task(starting, total=1)
             net.spawn("router", router_args)
             deadline = time.monotonic() + START_TIMEOUT_S
             while url is None:

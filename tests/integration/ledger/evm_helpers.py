@@ -25,8 +25,8 @@ from hivemesh.ledger.evm_journal import ref32
 POOLS = {0: 0, 1: 1_000 * COR}
 
 
-@pytest.fixture(scope="module")
-def anvil_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
+def require_anvil() -> None:
+    """Install anvil from npm if it is missing; skip the test, saying why, where that is impossible."""
     if find_anvil() is None:
         if shutil.which("npm") is None:
             pytest.skip("anvil is not installed and npm is absent: install Node.js to run the chain tests")
@@ -34,6 +34,11 @@ def anvil_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
             install_anvil()
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             pytest.skip(f"anvil could not be installed with npm: {exc}")
+
+
+@pytest.fixture(scope="module")
+def anvil_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
+    require_anvil()
     node = Anvil.start(log_path=tmp_path_factory.mktemp("anvil") / "anvil.log")
     try:
         yield node
@@ -119,4 +124,12 @@ async def chain_matches_book(ledger: EvmLedger, accounts: Sequence[str], session
         assert chain.call(sp.escrow_of(ref32(s))) == await ledger.escrow_balance(s) + held.get(s, 0), s
 
 
-__all__ = ["Ledger", "anvil_node", "chain_matches_book", "fresh_deployment", "fund", "open_evm"]
+__all__ = [
+    "Ledger",
+    "anvil_node",
+    "chain_matches_book",
+    "fresh_deployment",
+    "fund",
+    "open_evm",
+    "require_anvil",
+]
