@@ -114,6 +114,7 @@ class EvmLedger(Ledger):
     ) -> EvmLedger:
         if not 1 <= batch_size <= 200:
             raise LedgerError(f"batch_size must be in 1..200 (the contract's limits), got {batch_size}")
+        _require_sqlite(url)
         ledger = await cls.open(url, **kwargs)
         assert isinstance(ledger, EvmLedger)
         chain = Chain.connect(deployment.rpc_url, deployment, timeout=rpc_timeout_s)
@@ -487,6 +488,19 @@ class EvmLedger(Ledger):
         amount = int(event["args"]["amount"])
         await self._on_chain(key, self.link.chain.session_payment.functions.deposit(), amount)
         return amount
+
+
+def _require_sqlite(url: str) -> None:
+    """The sender's cursor is a journal entry id: every entry below it must be committed when the sender reads
+    past it. SQLite commits entries one writer at a time, in id order; PostgreSQL hands ids out from a sequence to
+    concurrent transactions that commit in any order, so a batch could skip an entry committed late, for good."""
+    scheme = url.split(":", 1)[0]
+    if not scheme.startswith("sqlite"):
+        raise LedgerError(
+            f"the evm ledger back-end keeps its book in SQLite, not {scheme}: its journal's ids are the chain's "
+            "cursor and must commit in order; give a sqlite+aiosqlite:/// ledger URL (or leave --ledger-url "
+            "out) when the router's data dir holds chain.json"
+        )
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

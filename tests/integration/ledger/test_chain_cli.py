@@ -52,3 +52,19 @@ def test_deploy_then_money_commands_run_on_the_chain(anvil_node: Anvil, tmp_path
     assert chain.call(sp.balance_of(user)) == 5 * COR
     shown = hivemesh("balance", node.address, *common)
     assert "990 COR" in shown and "10 COR" in shown
+
+
+def test_a_router_on_a_chain_refuses_a_postgresql_ledger_in_one_sentence(tmp_path: Path) -> None:
+    """The evm back-end's journal must commit in id order, which only its SQLite book does."""
+    Deployment("http://127.0.0.1:1", 31337, *(4 * [Account.create().address])).save(tmp_path / "chain.json")
+    pg = "postgresql+asyncpg://hm:secret@127.0.0.1:1/ledger"
+    args = ["router", "--data-dir", str(tmp_path), "--port", "0", "--no-semantic", "--ledger-url", pg]
+    done = subprocess.run(
+        [sys.executable, "-m", "hivemesh.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "error: the evm ledger back-end keeps its book in SQLite, not postgresql+asyncpg" in done.stderr
+    assert "Traceback" not in done.stderr and "secret" not in done.stderr

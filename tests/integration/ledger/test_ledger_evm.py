@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hivemesh.chain.anvil import Anvil
+from hivemesh.chain.client import Chain, Deployment
 from hivemesh.errors import LedgerError
 from hivemesh.ledger import COR, TREASURY
 from hivemesh.ledger.evm import EvmLedger
@@ -51,6 +52,37 @@ async def test_billing_lands_on_chain_in_batches_and_settling_again_changes_noth
         assert status.tasks_settled == 25
         assert await ledger.balance(TREASURY) == 25 * (COR // 100)
         assert (await ledger.verify()).ok
+    finally:
+        await ledger.close()
+
+
+async def test_a_postgresql_ledger_url_is_refused_at_open_before_anything_is_touched(tmp_path: Path) -> None:
+    """The sender's cursor is a journal id, which only SQLite commits in id order."""
+    dep = Deployment("http://127.0.0.1:1", 31337, *(4 * [Account.create().address]))
+    with pytest.raises(LedgerError, match=r"keeps its book in SQLite, not postgresql\+asyncpg"):
+        await EvmLedger.open_chain("postgresql+asyncpg://hm:secret@127.0.0.1:1/ledger", dep, Account.create())
+
+
+async def test_a_nonce_taken_by_another_process_is_resynced_not_taken_for_a_revert(
+    anvil_node: Anvil, tmp_path: Path
+) -> None:
+    """``hivemesh deposit`` beside a running router signs with the router's key: the router's next batch finds
+    its nonce used. A one-entry batch refused for that must land, not be left out as if it reverted."""
+    dep, router = fresh_deployment(anvil_node)
+    user = Account.create().address
+    ledger = await open_evm(tmp_path / "l.db", dep, router, batch_interval_s=0.05)
+    try:
+        await ledger.deposit(user, 5 * COR)
+        await ledger.flush()  # the ledger's client now holds the router's next nonce
+        other = Chain.connect(anvil_node.url)  # another process signing with the same key takes it
+        tx = {"to": user, "value": 1, "gas": 21_000, "gasPrice": other.w3.eth.gas_price * 2}
+        tx |= {"nonce": other.nonces.take(router.address), "chainId": other.w3.eth.chain_id}
+        other.w3.eth.wait_for_transaction_receipt(
+            other.w3.eth.send_raw_transaction(router.sign_transaction(tx).raw_transaction)
+        )
+        await ledger.fund_session("s1", user, 2 * COR)  # one journal entry: a batch that cannot be split
+        await chain_matches_book(ledger, [user], ["s1"])
+        assert (await ledger.status()).failed == ()
     finally:
         await ledger.close()
 
