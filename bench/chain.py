@@ -1,7 +1,7 @@
 """The evm ledger back-end on a real anvil: batching throughput, gas per settled task, the billed path's latency
 against SQLite, and a 30-second chain outage under load.
 
-    python -m bench.chain [--tasks 1000] [--outage-s 30] [--json FILE]
+    python -m bench.chain [--parts gas,throughput,latency,http,outage] [--tasks 1000] [--outage-s 30] [--json FILE]
 
 (a) settlements/s: N billed tasks (reserve + settle, 2 payouts + fee each) written concurrently to an
     ``EvmLedger`` (batch size 100, interval 0.2 s); the clock runs from the first settlement until the chain's
@@ -12,12 +12,18 @@ against SQLite, and a 30-second chain outage under load.
 (d) outage: a steady billed load; anvil frozen (SIGSTOP) for ``--outage-s`` seconds in the middle, then resumed.
     Counts billed tasks, hot-path latency during the outage, time to drain, and whether the chain agrees with the
     book afterwards (nothing lost, nothing doubled, nothing left out).
+(e) latency of a billed HTTP request: a router process (``--no-semantic``, mode none, k=1) and one instant miner
+    staked for pool 1 on each back-end, both running at once; a funded account's key sends chat completions
+    (the key's default session, topped up from the account), sequentially and alternating between the two
+    routers, then a closed loop of ``--http-concurrency`` connections on each in turn. The request path is the
+    same code on both; only the ledger under it differs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import tempfile
@@ -25,13 +31,31 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
+from bench._common import (
+    BENCH_KEY,
+    Procs,
+    SeqClient,
+    Summary,
+    free_port,
+    hivemesh_argv,
+    http_request_bytes,
+    profile_tables,
+    py_spy,
+    router_data_dir,
+    run_load,
+    wait_healthz,
+)
 from hivemesh.chain.anvil import DEV_KEY, Anvil, install_anvil
 from hivemesh.chain.client import Chain, Deployment
 from hivemesh.chain.deploy import deploy
+from hivemesh.cli.chain import deploy_to, open_ledger_for
+from hivemesh.config import BillingConfig, RouterConfig
+from hivemesh.identity import Identity
 from hivemesh.ledger import COR, Ledger, StakePools
 from hivemesh.ledger.evm import EvmLedger
 from hivemesh.ledger.evm_journal import ref32
@@ -143,6 +167,138 @@ async def latency(node: Anvil, tmp: Path, n: int) -> dict[str, dict[str, float]]
     return result
 
 
+HOST = "127.0.0.1"
+MINER_POOL = 1
+CHAT = json.dumps(
+    {
+        "model": "instant-echo",
+        "messages": [{"role": "user", "content": "Name three colours of the rainbow, in order."}],
+        "max_tokens": 16,
+        "seed": 7,
+    }
+).encode()
+
+
+def send_value(node: Anvil, to: list[str], value: int) -> None:
+    """Native value from anvil's dev account (gas money for a key that signs)."""
+    chain = Chain.connect(node.url)
+    for address in to:
+        tx = {"to": address, "value": value, "gas": 21_000, "gasPrice": chain.w3.eth.gas_price * 2}
+        tx |= {"nonce": chain.nonces.take(ROUTER.address), "chainId": chain.w3.eth.chain_id}
+        signed = ROUTER.sign_transaction(tx)
+        chain.w3.eth.wait_for_transaction_receipt(chain.w3.eth.send_raw_transaction(signed.raw_transaction))
+
+
+def http_network(backend: str, node: Anvil, tmp: Path) -> tuple[Path, Path]:
+    """A router data dir (its SQLite ledger, or with ``chain.json`` on fresh contracts: the evm back-end) and a
+    miner's dir, the miner staked for pool 1 on that ledger before the router starts."""
+    data = router_data_dir(tmp / f"http-{backend}" / "router")
+    miner_dir = tmp / f"http-{backend}" / "miner"
+    miner = Identity.load_or_create(miner_dir / "node.key")
+    if backend == "evm":
+        router = Identity.load_or_create(data / "router.key")
+        send_value(node, [router.address], 1_000_000 * COR)
+        send_value(node, [miner.address], 10 * COR)
+        deploy_to(node.url, data, ROUTER, cooldown_s=0)
+
+    async def stake() -> None:
+        ledger = await open_ledger_for(RouterConfig(data_dir=data), [miner])
+        try:
+            need = BillingConfig().stake_pools[MINER_POOL]
+            await ledger.deposit(miner.address, need)
+            await ledger.stake(miner.address, need, MINER_POOL)
+        finally:
+            await ledger.close()
+
+    asyncio.run(stake())
+    return data, miner_dir
+
+
+def billed_key(port: int) -> str:
+    """A funded account (the router's admin deposit: on the evm back-end, paid on chain) and its API key."""
+    admin = {"authorization": f"Bearer {BENCH_KEY}"}
+    account = Account.create().address
+    with httpx.Client(base_url=f"http://{HOST}:{port}/api/v1", headers=admin, timeout=60) as c:
+        c.post("/admin/deposits", json={"account": account, "amount": str(100_000 * COR)}).raise_for_status()
+        r = c.post("/admin/keys", json={"account": account, "name": "bench.chain"})
+        r.raise_for_status()
+        return str(r.json()["secret"])
+
+
+def http_latency(
+    node: Anvil, tmp: Path, n: int, concurrency: int, duration: float, profile: bool = False
+) -> dict[str, Any]:
+    backends = ("sqlite", "evm")
+    out: dict[str, Any] = {}
+    with Procs(tmp) as procs:
+        ports: dict[str, int] = {}
+        routers = {}
+        for b in backends:
+            data, miner_dir = http_network(b, node, tmp)
+            ports[b] = port = free_port()
+            router = procs.start(
+                f"router-{b}",
+                hivemesh_argv(
+                    "router", "--host", HOST, "--port", str(port), "--data-dir", str(data), "--no-semantic",
+                    "-k", "1", "-m", "1", "--mode", "none", "--log-level", "warning",
+                ),
+            )  # fmt: skip
+            wait_healthz(HOST, port, [router])
+            routers[b] = router
+            miner = procs.start(
+                f"miner-{b}",
+                hivemesh_argv(
+                    "miner", "--router", f"http://{HOST}:{port}", "--engine", "instant", "--capacity", "256",
+                    "--data-dir", str(miner_dir), "--pool", str(MINER_POOL), "--log-level", "warning",
+                ),
+            )  # fmt: skip
+            wait_healthz(HOST, port, [router, miner], min_miners=1)
+        keys = {b: billed_key(ports[b]) for b in backends}
+        clients = {
+            b: SeqClient(HOST, ports[b], "/v1/chat/completions", CHAT, {"Authorization": f"Bearer {keys[b]}"})
+            for b in backends
+        }
+        samples: dict[str, list[float]] = {b: [] for b in backends}
+        statuses: dict[str, dict[int, int]] = {b: {} for b in backends}
+        for i in range(n + 20):  # 20 warm-up requests each, alternating, so both see the same machine
+            for b in backends:
+                status, body, dt = clients[b].call()
+                statuses[b][status] = statuses[b].get(status, 0) + 1
+                if status != 200:
+                    raise RuntimeError(f"{b}: HTTP {status} {body[:300]!r}")
+                if i >= 20:
+                    samples[b].append(dt * 1000)
+        for c in clients.values():
+            c.close()
+        for b in backends:
+            seq = Summary.of(samples[b])
+            req = http_request_bytes(
+                HOST, ports[b], "/v1/chat/completions", CHAT, {"Authorization": f"Bearer {keys[b]}"}
+            )
+            cpu0 = routers[b].cpu_seconds()
+            prof = tmp / f"profile-{b}.txt"
+            with py_spy(routers[b].pid, prof) if profile else contextlib.nullcontext():
+                load = run_load(HOST, ports[b], req, concurrency, duration, 1.0)
+            if profile:
+                for tb in profile_tables(f"router on {b}, closed loop", prof, top=15):
+                    console.print(tb)
+            counted = max(1, sum(load.statuses.values())) * (duration + 1.0) / duration  # warm-up's CPU too
+            cpu_ms = (routers[b].cpu_seconds() - cpu0) * 1000 / counted
+            conc = Summary.of(load.latencies_ms)
+            out[b] = {
+                "sequential": {"n": seq.n, "p50_ms": seq.p50, "p99_ms": seq.p99, "mean_ms": seq.mean},
+                "concurrent": {
+                    "connections": concurrency,
+                    "rps": load.rps,
+                    "p50_ms": conc.p50,
+                    "p99_ms": conc.p99,
+                    "statuses": dict(load.statuses),
+                    "router_cpu_ms_per_request": cpu_ms,
+                },
+            }
+    return out
+
+
 async def outage(node: Anvil, tmp: Path, outage_s: float, rate: float) -> dict[str, Any]:
     dep = fresh(node)
     user, m0, m1 = (Account.create().address for _ in range(3))
@@ -201,39 +357,86 @@ async def outage(node: Anvil, tmp: Path, outage_s: float, rate: float) -> dict[s
         await ledger.close()
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+PARTS = ("gas", "throughput", "latency", "http", "outage")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     install_anvil()
+    parts = set(args.parts.split(","))
+    if unknown := parts - set(PARTS):
+        raise SystemExit(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d, Anvil.start() as node:
         tmp = Path(d)
         console.print(f"anvil {node.url}")
-        out["gas_per_task"] = gas_per_task(node)
-        out["throughput"] = await throughput(node, tmp, args.tasks)
-        out["latency"] = await latency(node, tmp, args.latency_n)
-        if args.outage_s > 0:
-            out["outage"] = await outage(node, tmp, args.outage_s, args.rate)
+        if "gas" in parts:
+            out["gas_per_task"] = gas_per_task(node)
+        if "throughput" in parts:
+            out["throughput"] = asyncio.run(throughput(node, tmp, args.tasks))
+        if "latency" in parts:
+            out["latency"] = asyncio.run(latency(node, tmp, args.latency_n))
+        if "http" in parts:  # subprocesses: in the main thread (their clean-up handles SIGTERM)
+            out["http"] = http_latency(
+                node, tmp, args.http_n, args.http_concurrency, args.http_duration, args.http_profile
+            )
+        if "outage" in parts and args.outage_s > 0:
+            out["outage"] = asyncio.run(outage(node, tmp, args.outage_s, args.rate))
     return out
 
 
 def report(out: dict[str, Any]) -> None:
-    t = Table(title="gas per settled task (apply_batch, 2 payouts + fee each)")
-    t.add_column("batch size", justify="right")
-    t.add_column("gas / task", justify="right")
-    for size, gas in out["gas_per_task"].items():
-        t.add_row(str(size), f"{gas:,.0f}")
-    console.print(t)
-    th = out["throughput"]
-    console.print(
-        f"settlements through batching: {th['tasks']} tasks billed in {th['billed_s']:.2f} s, all on chain after "
-        f"{th['settled_on_chain_s']:.2f} s = [bold]{th['settlements_per_s']:.0f} settlements/s[/] "
-        f"({th['batches']} batches, {th['failed']} left out)"
-    )
-    t = Table(title="billed money path (reserve + settle), sequential")
-    for c in ("back-end", "p50 ms", "p99 ms", "mean ms"):
-        t.add_column(c, justify="right")
-    for name, r in out["latency"].items():
-        t.add_row(name, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['mean_ms']:.2f}")
-    console.print(t)
+    if "gas_per_task" in out:
+        t = Table(title="gas per settled task (apply_batch, 2 payouts + fee each)")
+        t.add_column("batch size", justify="right")
+        t.add_column("gas / task", justify="right")
+        for size, gas in out["gas_per_task"].items():
+            t.add_row(str(size), f"{gas:,.0f}")
+        console.print(t)
+    if "throughput" in out:
+        th = out["throughput"]
+        console.print(
+            f"settlements through batching: {th['tasks']} tasks billed in {th['billed_s']:.2f} s, all on chain "
+            f"after {th['settled_on_chain_s']:.2f} s = [bold]{th['settlements_per_s']:.0f} settlements/s[/] "
+            f"({th['batches']} batches, {th['failed']} left out)"
+        )
+    if "latency" in out:
+        t = Table(title="billed money path (reserve + settle), sequential")
+        for c in ("back-end", "p50 ms", "p99 ms", "mean ms"):
+            t.add_column(c, justify="right")
+        for name, r in out["latency"].items():
+            t.add_row(name, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['mean_ms']:.2f}")
+        console.print(t)
+    if "http" in out:
+        t = Table(
+            title="billed chat completions over HTTP (router + 1 instant miner, mode none, default session)"
+        )
+        cols = (
+            "back-end",
+            "sequential n",
+            "p50 ms",
+            "p99 ms",
+            "closed loop req/s",
+            "p50 ms",
+            "p99 ms",
+            "router CPU ms/req",
+            "statuses",
+        )
+        for c in cols:
+            t.add_column(c, justify="right")
+        for name, r in out["http"].items():
+            seq, conc = r["sequential"], r["concurrent"]
+            t.add_row(
+                name,
+                str(seq["n"]),
+                f"{seq['p50_ms']:.2f}",
+                f"{seq['p99_ms']:.2f}",
+                f"{conc['rps']:.0f} (C={conc['connections']})",
+                f"{conc['p50_ms']:.1f}",
+                f"{conc['p99_ms']:.1f}",
+                f"{conc['router_cpu_ms_per_request']:.2f}",
+                ", ".join(f"{k}: {v}" for k, v in sorted(conc["statuses"].items())),
+            )
+        console.print(t)
     if "outage" in out:
         console.print("outage:", json.dumps(out["outage"], indent=1))
 
@@ -244,9 +447,16 @@ def main() -> None:
     p.add_argument("--latency-n", type=int, default=300)
     p.add_argument("--outage-s", type=float, default=30.0)
     p.add_argument("--rate", type=float, default=50.0, help="billed tasks/s offered during the outage run")
+    p.add_argument("--http-n", type=int, default=300, help="sequential billed chat completions per back-end")
+    p.add_argument("--http-concurrency", type=int, default=16)
+    p.add_argument(
+        "--http-duration", type=float, default=10.0, help="seconds of closed-loop load per back-end"
+    )
+    p.add_argument("--http-profile", action="store_true", help="py-spy each router during its closed loop")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"any of {', '.join(PARTS)}")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    out = asyncio.run(main_async(args))
+    out = run(args)
     report(out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))
