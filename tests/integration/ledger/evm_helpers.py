@@ -56,7 +56,7 @@ def fresh_deployment(node: Anvil, cooldown_s: int = 0) -> tuple[Deployment, Loca
             admin.sign_transaction(
                 {
                     "to": router.address,
-                    "value": 1_000_000 * COR,
+                    "value": 100_000 * COR,  # the dev account holds 10M: ~100 deployments per anvil
                     "gas": 21_000,
                     "gasPrice": chain.w3.eth.gas_price * 2,
                     "nonce": chain.w3.eth.get_transaction_count(admin.address, "pending"),
