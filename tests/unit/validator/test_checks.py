@@ -23,11 +23,12 @@ from hivemesh.validator.checks import (
 
 ALL = [c for cs in CHECK_SETS.values() for c in (*cs.l2, *cs.canaries)]
 
-# what SmolLM2-135M-Instruct (Q4_1, greedy) answers to each standard check, recorded with llama.cpp 0.3.36
+# what SmolLM2-135M-Instruct (Q4_1, greedy) answers to each standard check, recorded with llama.cpp 0.3.36 built by scripts/setup
+# (GGML_LLAMAFILE=OFF: the build changes greedy answers, e.g. 4 + 4 became 10)
 RECORDED = {
     "arithmetic 2 + 3": "2 + 3 = 5",
     "arithmetic 3 + 4": "3 + 4 = 7",
-    "arithmetic 4 + 4": "4 + 4 = 8",
+    "arithmetic 2 + 2": "2 + 2 = 4",
     "arithmetic 7 + 5": "7 + 5 = 12\n\nThis is",
     "arithmetic 3 * 3": "3 * 3 = 9",
     "arithmetic 10 + 10": "10 + 10 = 20",
@@ -35,7 +36,7 @@ RECORDED = {
     "hours in a day": "The answer is 24.",
     "legs of a spider": "The answer is 8. A spider has 8 legs.",
     "capital of France": "The capital of France is Paris.",
-    "json status": '{"status": "ok"}',
+    "json status": 'Here is the JSON object with only the specified JSON object:\n\n```json\n{\n    "status": "ok"\n}\n```\n\n',
     "json name": '{"name": "hivemesh", "ok": true}',
     "json pair": '{"a": 1, "b": 2}',
     "json city": '{\n  "city": "Paris",\n  "country": "FRANCE"\n}',
