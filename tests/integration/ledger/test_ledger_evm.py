@@ -48,7 +48,9 @@ async def test_billing_lands_on_chain_in_batches_and_settling_again_changes_noth
         await chain_matches_book(ledger, [user, m0, m1], ["s1"])
         status = await ledger.status()
         assert status.chain_cursor == status.journal_head and status.failed == ()
-        assert 3 <= status.batches <= 6  # 25 tasks in batches of up to 10, plus the close
+        # batched, not one transaction per task: a batch is sent once 10 tasks wait (or 0.2 s passed) and holds
+        # at most 10 * 6 journal entries, so a slow sender's batch can carry ~15 tasks (2 batches seen in CI)
+        assert 2 <= status.batches <= 6
         assert status.tasks_settled == 25
         assert await ledger.balance(TREASURY) == 25 * (COR // 100)
         assert (await ledger.verify()).ok
