@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 
-from hivemesh.core.verdict import Claim, TokenVerdict, Tolerance, fraud_proof, judge, settle
+from hivemesh.core.verdict import Claim, TokenVerdict, Tolerance, exact_between, fraud_proof, judge, settle
 from hivemesh.protocol import wire
 
 __all__ = [
@@ -468,9 +468,9 @@ class TokenPoUW:
         return out + self._progress(ev.now)
 
     def _exact(self, chk: CheckSlot) -> bool:
-        """The check's verifier computes the generator's logits bit for bit: the same non-empty numeric profile."""
-        gen = self.generators[chk.attempt]
-        return bool(gen.numerics) and gen.numerics == chk.numerics
+        """No tolerance for this check (``verdict.exact_between``): the verifier computes the generator's logits bit
+        for bit, or the two advertise different model weights."""
+        return exact_between(self.generators[chk.attempt].numerics, chk.numerics)
 
     def _check_failed(self, chk: CheckSlot, reason: str, *, strike: str | None, now: float) -> list[Effect]:
         if chk.status != "asked":

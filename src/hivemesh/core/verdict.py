@@ -64,6 +64,7 @@ __all__ = [
     "Settlement",
     "TokenVerdict",
     "Tolerance",
+    "exact_between",
     "fraud_proof",
     "judge",
     "p_all_sybil",
@@ -141,6 +142,26 @@ class Tolerance:
     def allowance(self, n: int) -> float:
         """The summed margin the tolerated positions of ``n`` may use: ``max(budget, budget_per_token * n)``."""
         return max(self.budget, self.budget_per_token * n)
+
+
+def exact_between(generator: str, verifier: str) -> bool:
+    """Whether a verifier's check of a generator's claim allows no tolerance, from their numeric profiles
+    (``ModelCard.numerics``: ``engine/kernels/weights``, "" when unknown):
+
+    - the same non-empty profile: the two compute bit-identical logits, so every claimed token must be the pick;
+    - non-empty profiles that name different weights (the last part is the model file's digest): the calibrated
+      tolerance covers kernels and hardware running the *same* weights, never other weights under the same model
+      name, so such a generator is checked exactly too (a perturbed copy honestly advertising its file gets no
+      slack);
+    - otherwise (either unknown, or the same weights on other kernels): the calibrated tolerance.
+    """
+    if not generator or not verifier:
+        return False
+    if generator == verifier:
+        return True
+    if "/" not in generator or "/" not in verifier:  # opaque profiles: only equality says anything
+        return False
+    return generator.rsplit("/", 1)[1] != verifier.rsplit("/", 1)[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -314,13 +314,20 @@ def near_tie(node: str, at: int, margin: float) -> wire.Evidence:
     return ev.model_copy(update={"picks": picks, "margins": margins})
 
 
+# numeric profiles as engines.numerics writes them: engine/kernels/weights
+P = "llama.cpp-0.3.36/aaaaaaaaaaaa/1111111111111111"
+Q = "llama.cpp-0.3.36/bbbbbbbbbbbb/1111111111111111"  # the same weights on other kernels
+OTHER_WEIGHTS = "llama.cpp-0.3.36/aaaaaaaaaaaa/2222222222222222"
+
+
 def test_a_verifier_of_the_generators_numeric_profile_checks_exactly() -> None:
     """Same numeric profile: bit-identical logits, so a claimed token that is not the pick is rejected even at a
-    margin the calibrated tolerance forgives; another profile forgives it."""
-    for verifier_profile, accepted in (("P", False), ("Q", True), ("", True)):
+    margin the calibrated tolerance forgives; the same weights on other kernels (or an unknown profile) forgive
+    it; a verifier whose profile names other weights checks exactly too (the generator runs another model file)."""
+    for verifier_profile, accepted in ((P, False), (Q, True), ("", True), (OTHER_WEIGHTS, False)):
         m = TokenPoUW("t1", POLICY)
         m.start()
-        m.apply(Drawn("generator", ("G",), 0.0, numerics=("P",)))
+        m.apply(Drawn("generator", ("G",), 0.0, numerics=(P,)))
         m.apply(Acked("G", 0.1))
         digest, c = commit("G")
         m.apply(Precommitted("G", digest, 0.2))
@@ -329,7 +336,7 @@ def test_a_verifier_of_the_generators_numeric_profile_checks_exactly() -> None:
         eff = m.apply(EvidenceIn("V", near_tie("V", 1, 0.3), 0.5))
         (note,) = [e for e in of(eff, pouw.Note) if e.phase == "evidence"]
         assert note.detail["accepted"] is accepted, verifier_profile
-        assert note.detail["tolerance"] == ("exact" if verifier_profile == "P" else "calibrated")
+        assert note.detail["tolerance"] == ("calibrated" if accepted else "exact")
         assert bool(of(eff, Deliver)) is accepted  # a rejection escalates instead of delivering
 
 
@@ -338,14 +345,14 @@ def test_an_exact_accusation_is_not_refuted_by_lenient_rechecks() -> None:
     inconclusive (regenerate, nobody struck), never a false accusation."""
     m = TokenPoUW("t1", POLICY)
     m.start()
-    m.apply(Drawn("generator", ("G",), 0.0, numerics=("P",)))
+    m.apply(Drawn("generator", ("G",), 0.0, numerics=(P,)))
     m.apply(Acked("G", 0.1))
     digest, c = commit("G")
     m.apply(Precommitted("G", digest, 0.2))
     m.apply(Revealed("G", c, 0.3))
-    m.apply(Drawn("verifier", ("V",), 0.4, numerics=("P",)))
+    m.apply(Drawn("verifier", ("V",), 0.4, numerics=(P,)))
     m.apply(EvidenceIn("V", near_tie("V", 1, 0.3), 0.5))
-    m.apply(Drawn("verifier", ("E1", "E2"), 0.6, numerics=("Q", "Q")))
+    m.apply(Drawn("verifier", ("E1", "E2"), 0.6, numerics=(Q, Q)))
     m.apply(EvidenceIn("E1", near_tie("E1", 1, 0.3), 0.7))
     eff = m.apply(EvidenceIn("E2", near_tie("E2", 1, 0.3), 0.8))
     assert of(eff, Strike) == []

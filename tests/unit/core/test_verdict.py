@@ -16,6 +16,7 @@ from hivemesh.core.verdict import (
     Reason,
     TokenVerdict,
     Tolerance,
+    exact_between,
     fraud_proof,
     judge,
     p_all_sybil,
@@ -484,3 +485,16 @@ def test_exact_tolerance_forgives_only_float_ties() -> None:
     exact = Tolerance.exact()
     assert exact.margin < 0.01 and exact.allowance(1000) < 0.01
     assert Tolerance().margin > 100 * exact.margin
+
+
+def test_which_checks_are_exact_follows_the_numeric_profiles() -> None:
+    same = "llama.cpp-0.3.36/aaaaaaaaaaaa/1111111111111111"
+    other_kernels = "llama.cpp-0.3.36/bbbbbbbbbbbb/1111111111111111"
+    other_weights = "llama.cpp-0.3.36/aaaaaaaaaaaa/2222222222222222"
+    assert exact_between(same, same)  # bit-identical logits
+    assert not exact_between(same, other_kernels)  # same weights, other arithmetic: the calibrated tolerance
+    assert exact_between(same, other_weights) and exact_between(other_weights, same)  # another model file
+    assert not exact_between("", same) and not exact_between(same, "")  # unknown: the calibrated tolerance
+    assert not exact_between("", "")
+    # opaque profiles (no parts): equality only
+    assert exact_between("opaque", "opaque") and not exact_between("opaque", "other")
