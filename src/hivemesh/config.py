@@ -9,6 +9,7 @@ from typing import Literal
 import platformdirs
 
 Mode = Literal["token", "exact", "semantic", "none"]
+Tolerance = Literal["calibrated", "exact"]  # token mode: see SessionDefaults.tolerance
 
 
 def default_data_dir() -> Path:
@@ -30,6 +31,10 @@ class SessionDefaults:
     commit_timeout_s: float = 10.0  # a reveal must follow the router's request within this
     max_tokens: int = 512  # cap on completion tokens per task
     sla: Literal["low", "medium", "high"] = "low"
+    # token mode: "calibrated" checks exactly where generator and verifier share a numeric profile and within the
+    # calibrated tolerance otherwise; "exact" uses only generators that advertise a profile and verifiers of that
+    # same profile, so every check is exact (no generator can claim an unknown profile to get the tolerance)
+    tolerance: Tolerance = "calibrated"
 
 
 COR = 10**18  # the smallest unit: COR has 18 decimals, like an ERC-20 token

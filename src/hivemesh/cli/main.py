@@ -77,6 +77,13 @@ def router(
     verifiers: Annotated[
         int, typer.Option("--verifiers", help="Default verifiers per answer (token mode).")
     ] = 1,
+    tolerance: Annotated[
+        str,
+        typer.Option(
+            help="Default token-mode tolerance: calibrated (exact between engines of one numeric profile, the "
+            "calibrated tolerance across profiles) or exact (only profiled generators and same-profile verifiers)."
+        ),
+    ] = "calibrated",
     semantic: Annotated[
         bool, typer.Option(help="Load the embedding model (semantic mode, /v1/embeddings).")
     ] = True,
@@ -90,11 +97,14 @@ def router(
         raise typer.BadParameter("mode must be token, exact, semantic or none")
     if not 1 <= verifiers <= 8:
         raise typer.BadParameter("verifiers must be between 1 and 8")
+    if tolerance not in ("calibrated", "exact"):
+        raise typer.BadParameter("tolerance must be calibrated or exact")
     defaults = SessionDefaults(
         redundancy=redundancy,
         quorum=min(quorum, redundancy),
         mode=mode,  # type: ignore[arg-type]
         verifiers=verifiers,
+        tolerance=tolerance,  # type: ignore[arg-type]
     )
     cfg = RouterConfig(
         data_dir=data_dir or default_data_dir() / "router",

@@ -84,6 +84,9 @@ class TokenPolicy:
     max_tokens: int = 256
     tolerance: Tolerance = field(default_factory=Tolerance)  # a verifier of another numeric profile
     exact: Tolerance = field(default_factory=Tolerance.exact)  # a verifier of the generator's numeric profile
+    # every check exact (a session's ``tolerance: exact``; the router then draws only profiled generators and
+    # verifiers of their profile)
+    exact_only: bool = False
 
 
 # ---------------------------------------------------------------- events
@@ -470,7 +473,7 @@ class TokenPoUW:
     def _exact(self, chk: CheckSlot) -> bool:
         """No tolerance for this check (``verdict.exact_between``): the verifier computes the generator's logits bit
         for bit, or the two advertise different model weights."""
-        return exact_between(self.generators[chk.attempt].numerics, chk.numerics)
+        return self.policy.exact_only or exact_between(self.generators[chk.attempt].numerics, chk.numerics)
 
     def _check_failed(self, chk: CheckSlot, reason: str, *, strike: str | None, now: float) -> list[Effect]:
         if chk.status != "asked":

@@ -41,9 +41,18 @@ class InstantEngine:
     name = "instant"
 
     def __init__(
-        self, model: str = "instant-echo", *, capacity: int = 256, tokens: int = 8, token_delay_s: float = 0.0
+        self,
+        model: str = "instant-echo",
+        *,
+        capacity: int = 256,
+        tokens: int = 8,
+        token_delay_s: float = 0.0,
+        numerics: str = "",
     ) -> None:
         self.model = model
+        self.numerics = (
+            numerics  # the ModelCard's numeric profile to advertise (tests of exact-only sessions)
+        )
         self.capacity = capacity
         self.tokens = tokens
         self.token_delay_s = token_delay_s  # simulate a generation speed (tests of failover, benchmarks)
@@ -58,6 +67,7 @@ class InstantEngine:
                 tokens=True,
                 structured=True,
                 logprobs=True,
+                numerics=self.numerics,
             )
         ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hivemesh.config import Mode
+from hivemesh.config import Mode, Tolerance
 from hivemesh.core.selection import draw_seed
 from hivemesh.protocol.wire import ChatMessage, SamplingParams, Usage
 
@@ -26,6 +26,7 @@ class SessionSpec:
     max_tokens: int
     sla: str = "low"
     verifiers: int = 1  # token mode: verifiers per answer
+    tolerance: Tolerance = "calibrated"  # token mode: "exact" = same-profile generator and verifiers only
     model: str | None = None
     name: str = ""
     meta: dict[str, Any] = field(default_factory=dict)

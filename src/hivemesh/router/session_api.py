@@ -34,6 +34,7 @@ class CreateSession(BaseModel):
     quorum: int | None = None
     mode: Literal["token", "exact", "semantic", "none"] | None = None
     verifiers: int | None = None  # token mode: verifiers per answer (checked by the session rules)
+    tolerance: Literal["calibrated", "exact"] | None = None  # token mode: exact = same-profile checks only
     threshold: float | None = Field(default=None, allow_inf_nan=False)
     # a miner cannot ack, generate or reveal faster than a network round trip: below MIN_TIMEOUT_S every honest
     # miner would miss its deadline and be struck for it

@@ -38,6 +38,8 @@ def validate(spec: SessionSpec) -> SessionSpec:
         raise InvalidRequest("mode must be one of token, exact, semantic, none", param="mode")
     if not 1 <= spec.verifiers <= MAX_VERIFIERS:
         raise InvalidRequest(f"verifiers must be between 1 and {MAX_VERIFIERS}", param="verifiers")
+    if spec.tolerance not in ("calibrated", "exact"):
+        raise InvalidRequest("tolerance must be one of calibrated, exact", param="tolerance")
     if not 0.0 < spec.threshold <= 1.0:
         raise InvalidRequest("threshold must be in (0, 1]", param="threshold")
     for name in ("ack_timeout_s", "precommit_timeout_s", "commit_timeout_s"):
@@ -64,6 +66,7 @@ def _from_row(r: Row) -> SessionSpec:
         max_tokens=r["max_tokens"],
         sla=r["sla"],
         verifiers=r["verifiers"],
+        tolerance=r["tolerance"],
         model=r["model"],
         name=r["name"],
         meta=r["meta"] or {},
@@ -88,6 +91,7 @@ def _to_row(spec: SessionSpec, *, is_default: bool) -> Row:
         "max_tokens": spec.max_tokens,
         "sla": spec.sla,
         "verifiers": spec.verifiers,
+        "tolerance": spec.tolerance,
         "meta": spec.meta,
         "active": spec.active,
         "is_default": is_default,
@@ -106,6 +110,7 @@ def to_json(spec: SessionSpec) -> dict[str, Any]:
         "quorum": spec.quorum,
         "mode": spec.mode,
         "verifiers": spec.verifiers,
+        "tolerance": spec.tolerance,
         "threshold": spec.threshold,
         "ack_timeout_s": spec.ack_timeout_s,
         "precommit_timeout_s": spec.precommit_timeout_s,
@@ -171,6 +176,7 @@ class Sessions:
             max_tokens=d.max_tokens,
             sla=d.sla,
             verifiers=d.verifiers,
+            tolerance=d.tolerance,
         )
 
     async def create(self, owner: str, **fields: Any) -> SessionSpec:

@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -51,6 +52,7 @@ def policy_of(spec: TaskSpec) -> pouw.TokenPolicy:
         commit_timeout_s=sess.commit_timeout_s,
         verify_timeout_s=sess.precommit_timeout_s,  # a prefill never takes longer than the generation
         max_tokens=spec.params.max_tokens,
+        exact_only=sess.tolerance == "exact",
     )
 
 
@@ -92,6 +94,9 @@ class TokenRun:
         self._busy: dict[
             NodeId, None
         ] = {}  # generator candidates the shuffle gave that were busy then (ordered)
+        # exact-only sessions: the numeric profiles of the nodes eligible to verify (read on first need)
+        self._profiles: Counter[str] | None = None
+        self._verify_members: frozenset[str] = frozenset()
         self.texts: dict[str, list[str]] = {}  # what each generator streamed
         self.sizes: dict[str, int] = {}
         self.sent = ""  # what the user has been sent
@@ -165,6 +170,12 @@ class TokenRun:
             raise NoMinerAvailable(
                 f"no miner serving {spec.model!r} can generate for token verification", retry_after=1
             )
+        if self.machine.policy.exact_only and not any(self._checkable(n) for n in members):
+            raise NoMinerAvailable(
+                f"no two miners serving {spec.model!r} advertise the same numeric profile, and this session's "
+                "tolerance is exact (a generator needs a verifier that computes its logits bit for bit)",
+                retry_after=1,
+            )
         self._effects = self.machine.start()
         self._resolve_draws()
         if self.machine.generator is None:
@@ -195,13 +206,21 @@ class TokenRun:
             self._resolve_draws()
 
     def _draw(self, d: pouw.Draw) -> list[str] | None:
+        exact_only = self.machine.policy.exact_only
         if d.role == "generator":  # nodes found busy by an earlier draw first, then the shuffle read on
             order: Iterator[NodeId] = itertools.chain(list(self._busy), self.draw)
+            if exact_only:  # only a generator whose logits another verifier can reproduce bit for bit
+                order = (n for n in order if self._checkable(n))
             more = True
         else:  # verifiers: drawn only now, after the precommit, from a seed the router committed to
             order, members = draw_for(self.hub, self.spec, role="verify", seed=self._verifier_seed())
-            more = len(members) > sum(1 for n in d.exclude if n in members)  # eligible, maybe busy
-            order = self._same_numerics_first(order)
+            if exact_only:  # only verifiers of the generator's profile (O(n) to know whether any exists)
+                profile = self._generator_profile()
+                order = (n for n in order if self._numerics(n) == profile)
+                more = any(n not in d.exclude and self._numerics(n) == profile for n in members)
+            else:
+                more = len(members) > sum(1 for n in d.exclude if n in members)  # eligible, maybe busy
+                order = self._same_numerics_first(order)
         got: list[str] = []
         while len(got) < d.count:  # read no further than needed: the shuffle is read once, for every redraw
             node = next(order, None)
@@ -234,12 +253,25 @@ class TokenRun:
         profiles = tuple(self._numerics(n) for n in nodes)
         return pouw.Drawn(role, nodes, time.monotonic(), numerics=profiles)
 
+    def _checkable(self, node: str) -> bool:
+        """For an exact-only session: ``node`` advertises a numeric profile that another node eligible to verify
+        shares (counted once per task, O(n) in the verifiers)."""
+        if self._profiles is None:
+            _, members = draw_for(self.hub, self.spec, role="verify", seed=0)
+            self._profiles = Counter(p for p in map(self._numerics, members) if p)
+            self._verify_members = frozenset(members)
+        profile = self._numerics(node)
+        return bool(profile) and self._profiles[profile] - (node in self._verify_members) >= 1
+
+    def _generator_profile(self) -> str:
+        gens = self.machine.generators
+        return gens[-1].numerics if gens else ""
+
     def _same_numerics_first(self, order: Iterator[NodeId]) -> Iterator[NodeId]:
         """The shuffle's order, except that among its first ``NUMERICS_WINDOW`` nodes those that compute the
         generator's logits bit for bit (the same ``ModelCard.numerics``) go first: their check is exact, not
         within a tolerance. Bounded, so a draw stays O(k log n) however large the pool."""
-        gens = self.machine.generators
-        profile = gens[-1].numerics if gens else ""
+        profile = self._generator_profile()
         if not profile:
             yield from order
             return

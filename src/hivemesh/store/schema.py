@@ -47,6 +47,7 @@ sessions = Table(
     Column("max_tokens", Integer, nullable=False),
     Column("sla", String(16), nullable=False),
     Column("verifiers", Integer, nullable=False, default=1),  # token mode: verifiers per answer
+    Column("tolerance", String(16), nullable=False, default="calibrated"),  # 007: token mode's tolerance
     Column("meta", JSON, nullable=False, default=dict),
     Column("active", Boolean, nullable=False, default=True),
     Column("is_default", Boolean, nullable=False, default=False),
@@ -216,6 +217,13 @@ def _m006_shared_reputation(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_node_levels_updated ON node_levels (updated_at)"))
 
 
+def _m007_session_tolerance(conn: Connection) -> None:
+    if "tolerance" not in {c["name"] for c in inspect(conn).get_columns("sessions")}:
+        conn.execute(
+            text("ALTER TABLE sessions ADD COLUMN tolerance VARCHAR(16) NOT NULL DEFAULT 'calibrated'")
+        )
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_reputation", _m002_reputation),
@@ -223,4 +231,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("004_token_verification", _m004_token_verification),
     ("005_views_and_draws", _m005_views_and_draws),
     ("006_shared_reputation", _m006_shared_reputation),
+    ("007_session_tolerance", _m007_session_tolerance),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 
 from hivemesh.core import pouw
 from hivemesh.core.pouw import (
@@ -358,3 +359,20 @@ def test_an_exact_accusation_is_not_refuted_by_lenient_rechecks() -> None:
     assert of(eff, Strike) == []
     assert of(eff, Deliver) == []
     assert of(eff, Draw) == [Draw("generator", 1, frozenset({"G"}))]  # regenerated elsewhere
+
+
+def test_an_exact_only_session_checks_every_claim_exactly_whatever_the_profiles() -> None:
+    """``TokenPolicy.exact_only`` (a session's ``tolerance: exact``): a near tie the calibrated tolerance forgives
+    is rejected even by a verifier of other kernels, and the note says the check was exact."""
+    m = TokenPoUW("t1", replace(POLICY, exact_only=True))
+    m.start()
+    m.apply(Drawn("generator", ("G",), 0.0, numerics=(P,)))
+    m.apply(Acked("G", 0.1))
+    digest, c = commit("G")
+    m.apply(Precommitted("G", digest, 0.2))
+    m.apply(Revealed("G", c, 0.3))
+    m.apply(Drawn("verifier", ("V",), 0.4, numerics=(Q,)))
+    eff = m.apply(EvidenceIn("V", near_tie("V", 1, 0.3), 0.5))
+    (note,) = [e for e in of(eff, pouw.Note) if e.phase == "evidence"]
+    assert note.detail == note.detail | {"accepted": False, "tolerance": "exact"}
+    assert not of(eff, Deliver)
