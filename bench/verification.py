@@ -637,6 +637,17 @@ class GreedyReference:
         self._thread.join(5)
 
 
+def cheated_claims(m: Member) -> int:
+    """How many claims ``m`` generated while cheating (from its claim log; repeated prompts counted each time)."""
+    if not m.log.exists():
+        return 0
+    return sum(
+        1
+        for line in m.log.read_text().splitlines()
+        if (rec := json.loads(line)).get("role") == "generator" and rec.get("cheated")
+    )
+
+
 def cheated_outputs(m: Member) -> set[str]:
     """The texts ``m`` claimed while cheating (from its claim log)."""
     out: set[str] = set()
@@ -768,7 +779,7 @@ def part_attacks(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict
             with ThreadPoolExecutor(args.concurrency) as pool:
                 for f in [pool.submit(worker) for _ in range(args.concurrency)]:
                     f.result()
-            row["cheated"] = "n/a" if attack == "other_model" else len(cheated_outputs(a))
+            row["cheated"] = "n/a" if attack == "other_model" else cheated_claims(a)
             row["strikes"] = net.strikes(a.addresses(), ("fraud",)).get("fraud", 0)
             details = net.strike_details({h.address for h in honest}, ("fraud", "false_accusation"))
             row["honest_strikes"] = len(details) - len(seen_strikes)

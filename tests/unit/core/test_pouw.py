@@ -321,18 +321,24 @@ Q = "llama.cpp-0.3.36/bbbbbbbbbbbb/1111111111111111"  # the same weights on othe
 OTHER_WEIGHTS = "llama.cpp-0.3.36/aaaaaaaaaaaa/2222222222222222"
 
 
+def claimed_by_profile(profile: str, policy: pouw.TokenPolicy = POLICY) -> TokenPoUW:
+    """A task whose generator G, of numeric profile ``profile``, has revealed its claim (next: the verifier)."""
+    m = TokenPoUW("t1", policy)
+    m.start()
+    m.apply(Drawn("generator", ("G",), 0.0, numerics=(profile,)))
+    m.apply(Acked("G", 0.1))
+    digest, c = commit("G")
+    m.apply(Precommitted("G", digest, 0.2))
+    m.apply(Revealed("G", c, 0.3))
+    return m
+
+
 def test_a_verifier_of_the_generators_numeric_profile_checks_exactly() -> None:
     """Same numeric profile: bit-identical logits, so a claimed token that is not the pick is rejected even at a
     margin the calibrated tolerance forgives; the same weights on other kernels (or an unknown profile) forgive
     it; a verifier whose profile names other weights checks exactly too (the generator runs another model file)."""
     for verifier_profile, accepted in ((P, False), (Q, True), ("", True), (OTHER_WEIGHTS, False)):
-        m = TokenPoUW("t1", POLICY)
-        m.start()
-        m.apply(Drawn("generator", ("G",), 0.0, numerics=(P,)))
-        m.apply(Acked("G", 0.1))
-        digest, c = commit("G")
-        m.apply(Precommitted("G", digest, 0.2))
-        m.apply(Revealed("G", c, 0.3))
+        m = claimed_by_profile(P)
         m.apply(Drawn("verifier", ("V",), 0.4, numerics=(verifier_profile,)))
         eff = m.apply(EvidenceIn("V", near_tie("V", 1, 0.3), 0.5))
         (note,) = [e for e in of(eff, pouw.Note) if e.phase == "evidence"]
@@ -344,13 +350,7 @@ def test_a_verifier_of_the_generators_numeric_profile_checks_exactly() -> None:
 def test_an_exact_accusation_is_not_refuted_by_lenient_rechecks() -> None:
     """An exact check's rejection rechecked by verifiers of other profiles, whose tolerance forgives the near tie:
     inconclusive (regenerate, nobody struck), never a false accusation."""
-    m = TokenPoUW("t1", POLICY)
-    m.start()
-    m.apply(Drawn("generator", ("G",), 0.0, numerics=(P,)))
-    m.apply(Acked("G", 0.1))
-    digest, c = commit("G")
-    m.apply(Precommitted("G", digest, 0.2))
-    m.apply(Revealed("G", c, 0.3))
+    m = claimed_by_profile(P)
     m.apply(Drawn("verifier", ("V",), 0.4, numerics=(P,)))
     m.apply(EvidenceIn("V", near_tie("V", 1, 0.3), 0.5))
     m.apply(Drawn("verifier", ("E1", "E2"), 0.6, numerics=(Q, Q)))
@@ -364,13 +364,7 @@ def test_an_exact_accusation_is_not_refuted_by_lenient_rechecks() -> None:
 def test_an_exact_only_session_checks_every_claim_exactly_whatever_the_profiles() -> None:
     """``TokenPolicy.exact_only`` (a session's ``tolerance: exact``): a near tie the calibrated tolerance forgives
     is rejected even by a verifier of other kernels, and the note says the check was exact."""
-    m = TokenPoUW("t1", replace(POLICY, exact_only=True))
-    m.start()
-    m.apply(Drawn("generator", ("G",), 0.0, numerics=(P,)))
-    m.apply(Acked("G", 0.1))
-    digest, c = commit("G")
-    m.apply(Precommitted("G", digest, 0.2))
-    m.apply(Revealed("G", c, 0.3))
+    m = claimed_by_profile(P, replace(POLICY, exact_only=True))
     m.apply(Drawn("verifier", ("V",), 0.4, numerics=(Q,)))
     eff = m.apply(EvidenceIn("V", near_tie("V", 1, 0.3), 0.5))
     (note,) = [e for e in of(eff, pouw.Note) if e.phase == "evidence"]
