@@ -46,6 +46,15 @@ def ws_url(router_url: str) -> str:
     return base + "/ws/miner"
 
 
+def _refusal(exc: BaseException) -> str | None:
+    """``code reason`` when the router closed the connection on purpose (a 44xx code: it refused this node or
+    cut it off), else None (the network or the router failed)."""
+    closed = exc.rcvd if isinstance(exc, websockets.exceptions.ConnectionClosed) else None
+    if closed is not None and 4400 <= closed.code < 4500:
+        return f"{closed.code} {closed.reason}"
+    return None
+
+
 def hardware() -> wire.Hardware:
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30
@@ -73,26 +82,40 @@ class MinerAgent:
         self.verified = 0
 
     async def run(self, on_join: Callable[[], None] | None = None) -> None:
-        """Serve until cancelled, reconnecting whenever the router is unreachable."""
+        """Serve until cancelled, reconnecting whenever the router is unreachable or refuses this node.
+
+        The back-off doubles up to ``reconnect_max_s`` and starts again only once a router has welcomed the node:
+        a router that accepts the socket and then refuses the hello (another router holds the node, too little
+        stake) is dialled no faster than one that is down. A refusal's reason is logged once, not on every
+        retry, until the node is welcomed or the reason changes."""
         backoff = 0.2
         url = ws_url(self.config.router_url)
+        refused: str | None = None  # the refusal last logged
         while True:
+            welcomed, why = False, None
             try:
                 async with connect(
                     url, max_size=wire.MAX_FRAME, open_timeout=10, ping_interval=20, compression=None
                 ) as ws:
-                    backoff = 0.2
                     await self._session(ws, on_join)
             except asyncio.CancelledError:
                 raise
             except (OSError, websockets.exceptions.WebSocketException, TimeoutError, HivemeshError) as exc:
-                log.warning("router connection lost url=%s error=%s retry_in=%.1fs", url, exc, backoff)
+                why = _refusal(exc)
+                if why is None:
+                    log.warning("router connection lost url=%s error=%s retry_in=%.1fs", url, exc, backoff)
+                elif why != refused:
+                    log.warning("router refused this node url=%s reason=%s retrying", url, why)
+                refused = why or refused
             finally:
+                welcomed = self.connected.is_set()
                 self.connected.clear()
                 for job in list(self.jobs.values()):
                     if job.task:
                         job.task.cancel()
                 self.jobs.clear()
+            if welcomed:  # a session cut off by a refusal keeps it logged: the next hello meets it again
+                backoff, refused = 0.2, refused if why is not None else None
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.config.reconnect_max_s)
 

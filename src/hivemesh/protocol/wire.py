@@ -21,6 +21,10 @@ One task (``reveal="on_request"``, the proof-of-inference path)::
 With ``reveal="immediate"`` (k = 1, validation ``none``) the miner sends Commit right after Ack and skips
 Precommit. Signed messages are signed over ``signing_payload(msg, nonce)``: the message without ``sig`` plus the
 connection nonce, so a message cannot be moved to another task, another node or another connection.
+
+A router that will not keep a connection closes it with a 44xx code and a one-sentence reason (4401 a bad hello,
+4402 too little stake, 4400 protocol violations, 4429 flooding, ``CLOSE_HELD_ELSEWHERE`` another router of the
+cluster holds the node's one connection); a miner backs off and dials again.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ NodeId = NewType("NodeId", str)
 TaskId = NewType("TaskId", str)
 
 PROTOCOL_VERSION = 1
+CLOSE_HELD_ELSEWHERE = 4409  # the node is connected through another live router: one connection per node
 
 Hex = Annotated[str, Field(pattern=r"^(0x)?[0-9a-fA-F]*$", max_length=4096)]
 Id = Annotated[str, Field(min_length=1, max_length=128)]  # task ids, node addresses, nonces on the wire

@@ -7,8 +7,10 @@ What lives where (and why):
   pool, record, load). An entry counts only while its router's heartbeat lives, so a killed router's nodes vanish
   within the TTL. Joins and leaves are also published on the ``presence`` channel (seen at once); each router
   publishes its nodes' load every ``LOAD_S``; a full re-read every ``RESYNC_S`` (and after a subscription gap)
-  repairs anything missed. A node connected to two routers is one node: the newest connection owns the entry, and
-  a router that sees another own a node it also holds keeps its own link for its own tasks.
+  repairs anything missed. A node has one connection in the whole cluster (``router.presence``): a router takes a
+  node only by claiming its entry atomically, refuses a hello from a node another live router holds (close 4409,
+  naming it), and closes its own link to a node whose entry names another live router (the tie-break after a
+  broker outage or restart), so one router checks each node's capacity and in-flight count.
 * **Relaying** (Redis pub/sub, one channel per router, ``relay:<id>``): a task here that draws another router's
   node sends through a ``RelayLink``; that router checks the node's capacity, signs the assignment as the router
   the miner dialled, sends it, and relays the miner's (already checked) messages back. A node with no room after
@@ -41,6 +43,7 @@ from hivemesh.cluster.broker import Broker
 from hivemesh.protocol import wire
 from hivemesh.router.hub import MinerHub, MinerLink
 from hivemesh.router.links import RelayLink
+from hivemesh.router.presence import Presence, holder_instead
 from hivemesh.store import schema as s
 from hivemesh.store.db import Row, Store
 
@@ -97,6 +100,9 @@ class Cluster:
             recover  # async (task row) -> None: re-dispatch a task taken over (or end an answered one)
         )
         self.r = broker.redis
+        self.presence = Presence(broker, me)
+        # (node, nonce) of our entries for no link here at the last resync: deleted if still there at the next
+        self._orphans: set[tuple[str, str]] = set()
         self._outbox: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._wake = asyncio.Event()
         self._loads: dict[str, int] = {}  # node -> inflight last published
@@ -107,12 +113,13 @@ class Cluster:
 
     async def start(self) -> None:
         self.hub.on_presence = self._presence_changed
+        self.hub.claim = self._claim
         self.broker.subscribe(f"relay:{self.me}", self._on_relay)
         self.broker.subscribe("presence", self._on_presence)
         self.broker.on_gap.append(lambda: self._spawn(self._resync()))
         await self._beat()
         for link in list(self.hub.links.values()):
-            await self.r.hset(self.broker.key("nodes"), link.node, self._entry(link))
+            await self._settle(link)
         await self._resync()
         for loop in (self._beat_loop, self._send_loop, self._load_loop, self._resync_loop, self._lease_loop):
             self._bg.append(asyncio.create_task(loop(), name=f"cluster-{loop.__name__}"))
@@ -124,14 +131,12 @@ class Cluster:
             with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
                 await t
         with contextlib.suppress(RedisError, OSError):
-            mine = [n for n in self.hub.links]
-            if mine:
-                await self.r.hdel(self.broker.key("nodes"), *mine)
+            mine = list(self.hub.links.values())
+            for link in mine:  # only our connections' entries: a node another router holds keeps its own
+                await self.presence.forget(link.node, link.nonce)
             await self.r.delete(self.broker.key("router", self.me))
-            for node in mine:
-                await self.broker.publish(
-                    "presence", json.dumps({"op": "leave", "router": self.me, "node": node})
-                )
+            for link in mine:
+                await self._publish_leave(link)
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.create_task(coro)
@@ -168,29 +173,64 @@ class Cluster:
         self._spawn(self._announce(link, joined))
 
     async def _announce(self, link: MinerLink, joined: bool) -> None:
-        key = self.broker.key("nodes")
-        if joined:
-            entry = self._entry(link)
-            await self.r.hset(key, link.node, entry)
+        try:
+            if joined:
+                await self._settle(link)
+            else:
+                await self.presence.forget(link.node, link.nonce)
+                await self._publish_leave(link)
+        except (RedisError, OSError) as exc:  # the resync claims (or clears) the entry again
+            log.warning("presence not announced node=%s error=%s", link.node, str(exc)[:200])
+
+    async def _publish_leave(self, link: MinerLink) -> None:
+        ev = {"op": "leave", "router": self.me, "node": link.node, "nonce": link.nonce}
+        await self.broker.publish("presence", json.dumps(ev))
+
+    async def _claim(self, link: MinerLink) -> str | None:
+        """The hub's check at hello: the live router that holds ``link``'s node instead (the hello is refused), or
+        None once the node's entry is ours. With the broker unreachable the node is taken (the router serves on
+        its own) and the tie-break settles it when the broker is back."""
+        try:
+            held = await self.presence.claim(link.node, self._entry(link))
+        except (RedisError, OSError) as exc:
+            log.warning("presence claim failed, taking the node node=%s error=%s", link.node, str(exc)[:200])
+            return None
+        if held is None:
+            return None
+        self._remote(link.node, held)  # served here through its holder, even if its join was missed
+        return str(held["router"])
+
+    async def _settle(self, link: MinerLink) -> None:
+        """Make ``link`` the node's one connection in the cluster, or give it up: claim its entry; if another live
+        router holds the node (the entry Redis holds names it: the same answer on every router), close this link
+        (its tasks fail over) and use that router's through the relay. Announced to the others either way."""
+        if link.closed:  # gone before its join was announced: its leave clears the entry
+            return
+        held = await self.presence.claim(link.node, self._entry(link))
+        if held is None:
+            entry = json.loads(self._entry(link))
             await self.broker.publish(
-                "presence", json.dumps({"op": "join", "node": link.node, "entry": json.loads(entry)})
+                "presence", json.dumps({"op": "join", "node": link.node, "entry": entry})
             )
-        else:
-            owner = await self.r.hget(key, link.node)
-            if owner is not None and json.loads(owner).get("router") == self.me:
-                await self.r.hdel(key, link.node)
-            await self.broker.publish(
-                "presence", json.dumps({"op": "leave", "router": self.me, "node": link.node})
-            )
+            return
+        holder = str(held["router"])
+        log.warning("node held by two routers, this link yields node=%s holder=%s", link.node, holder)
+        self._remote(link.node, held)
+        await self.hub.hand_over(link, holder)
 
     def _on_presence(self, data: bytes) -> None:
         ev = json.loads(data)
         op = ev.get("op")
         if op == "join":
-            self._remote(ev["node"], ev["entry"])
+            node, entry = ev["node"], ev["entry"]
+            self._remote(node, entry)
+            own = self.hub.links.get(node)
+            if own is not None and holder_instead(self.me, entry, lambda _: True) is not None:
+                self._spawn(self._settle(own))  # two links to one node: Redis's entry says which stays
         elif op == "leave":
             held = self.hub.remote.get(ev["node"])
-            if held is not None and held.holder == ev.get("router"):
+            nonce = ev.get("nonce")
+            if held is not None and held.holder == ev.get("router") and nonce in (None, held.nonce):
                 self.hub.drop_remote(ev["node"])
         elif op == "load" and ev.get("router") != self.me:
             for node, (inflight, finished) in ev["loads"].items():
@@ -267,11 +307,21 @@ class Cluster:
             if stale:
                 await self.r.hdel(self.broker.key("nodes"), *stale)
             self._owners_gone(dead)
-        # our own entries: re-asserted (a broker restart loses them)
-        for node, own in self.hub.links.items():
+        # our links' entries: claimed again (a broker restart loses them), or given up to a live holder
+        for node, own in list(self.hub.links.items()):
             e = parsed.get(node)
             if e is None or e["router"] != self.me or e["nonce"] != own.nonce:
-                await self.r.hset(self.broker.key("nodes"), node, self._entry(own))
+                await self._settle(own)
+        # our entries for connections no longer here (a failed delete): removed when seen on two resyncs in a row
+        # (one resync may fall between a hello's claim and its link joining the hub)
+        orphans = {
+            (n, str(e["nonce"]))
+            for n, e in parsed.items()
+            if e["router"] == self.me and (n not in self.hub.links or self.hub.links[n].nonce != e["nonce"])
+        }
+        for node, nonce in orphans & self._orphans:
+            await self.presence.forget(node, nonce)
+        self._orphans = orphans - self._orphans
 
     async def _resync_loop(self) -> None:
         await asyncio.sleep(RESYNC_S)

@@ -16,6 +16,11 @@ Defences (what a hostile miner meets here):
   engine's token rate) beyond a burst of ``FRAME_BURST`` is struck once (``flood``) and closed with 4429. The hub
   handles one frame at a time, so a fast sender never queues work in the router.
 
+One connection per node: on a router of a cluster, a hello from a node another live router holds is refused with
+``wire.CLOSE_HELD_ELSEWHERE`` before the node is registered anywhere (``claim``, set by the cluster: see
+``router.presence``); the node is served here through that router. On one router, a new connection of a node
+replaces its old one (``attach``).
+
 Stake pools: a node claims a pool in its Hello and is refused at join (4402) unless its stake meets that pool's
 minimum. Pool 0 needs no stake, so it may serve only network tasks (a validator's checks) and user work that nobody
 pays for (the router's own static keys, an open router); billed user work (``serving(..., billed=True)``) goes only
@@ -43,6 +48,7 @@ from hivemesh.identity import Identity, verify
 from hivemesh.protocol import wire
 from hivemesh.router.links import Link, RelayLink, signed
 from hivemesh.router.pool import Eligibility, NodePool, PoolClass, Role
+from hivemesh.router.presence import refusal
 from hivemesh.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -119,6 +125,8 @@ class MinerHub:
         )
         self.on_presence: Callable[[MinerLink, bool], None] | None = None  # (link, joined): the cluster
         self.on_release_remote: Callable[[RelayLink], None] | None = None  # the cluster's relay
+        # (link) -> the live router that holds the node instead (refused), or None: the cluster's presence
+        self.claim: Callable[[MinerLink], Awaitable[str | None]] | None = None
         self.known_models: set[str] = set()  # every model a miner has ever served here
         self.shutting_down = (
             False  # set when the router stops: tasks in flight are left to resume, not failed
@@ -138,8 +146,9 @@ class MinerHub:
     # ------------------------------------------------------------------ queries used by the scheduler
 
     def members(self) -> list[MinerLink]:
-        """Every node the pool may use: those connected here, and those connected to other routers (a node
-        connected twice is one node: its link here wins)."""
+        """Every node the pool may use: those connected here, and those connected to other routers, each once.
+        A node has one connection in the cluster (``router.presence``); while two routers briefly hold one (the
+        tie-break has not run yet), its link here is the one used."""
         out: list[MinerLink] = list(self.links.values())
         out += [ln for node, ln in self.remote.items() if node not in self.links]
         return out
@@ -289,6 +298,10 @@ class MinerHub:
             version=hello.version,
             finished=self.finished_counts.get(node, 0),
         )
+        if self.claim is not None and (holder := await self.claim(link)) is not None:
+            log.info("miner refused node=%s reason=held elsewhere holder=%s", node, holder)
+            await _close(ws, wire.CLOSE_HELD_ELSEWHERE, refusal(node, holder))
+            return
         await self.attach(link)
         await link.send(wire.Welcome(node=node))
         try:
@@ -410,7 +423,13 @@ class MinerHub:
         if self.on_strike is not None:
             self.on_strike(link.node, kind, task_id)
 
-    async def _drop(self, link: MinerLink, why: str) -> None:
+    async def hand_over(self, link: MinerLink, holder: str) -> None:
+        """Another live router holds the node (the cluster's tie-break): close this connection, if it is still the
+        node's here, with ``wire.CLOSE_HELD_ELSEWHERE``; its tasks fail over as on any disconnect."""
+        if self.links.get(link.node) is link:
+            await self._drop(link, refusal(link.node, holder), code=wire.CLOSE_HELD_ELSEWHERE)
+
+    async def _drop(self, link: MinerLink, why: str, *, code: int = 1000) -> None:
         if link.closed:
             return
         link.on_change = None  # the node may have a newer connection: the pool hears of this one only here
@@ -431,7 +450,7 @@ class MinerHub:
             for relay in list(self.relayed.values()):
                 relay.on_disconnect(link.node)
         if isinstance(link, SocketLink):
-            await _close(link.ws, 1000, why)
+            await _close(link.ws, code, why)
         self._notify()
 
     async def recheck_stake(self, node: str) -> bool:
