@@ -128,9 +128,12 @@ def test_metrics_count_tasks_by_verdict(net: Network) -> None:
     assert m[("hivemesh_task_duration_seconds_count", (("verdict", "verified"),))] == 3
     served = sum(a.usage.completion_tokens for a in verified + unverified)
     assert m[("hivemesh_tokens_total", (("kind", "completion"),))] == served
-    assert m[("hivemesh_miners", (("state", "online"),))] == 3
-    assert m[("hivemesh_miners", (("state", "quarantined"),))] == 0
-    assert m[("hivemesh_miner_slots", (("state", "busy"),))] == 0
+    local = ("scope", "local")
+    assert m[("hivemesh_miners", (local, ("state", "online")))] == 3
+    assert m[("hivemesh_miners", (local, ("state", "quarantined")))] == 0
+    assert m[("hivemesh_miner_slots", (local, ("state", "busy")))] == 0
+    # a router without a cluster has no remote nodes: no remote series at all, not a zero one
+    assert not [k for k in m if ("scope", "remote") in k[1]]
     assert m[("hivemesh_queue_depth", ())] == 0
 
 

@@ -47,6 +47,7 @@ class Link:
 @dataclass
 class Hub:
     links: dict[str, Link]
+    remote: dict[str, Any] = field(default_factory=dict)  # a router on its own: no other router's nodes
 
 
 @dataclass

@@ -40,9 +40,26 @@ class LinkView(Protocol):
     def finished(self) -> int: ...
 
 
+class RemoteLinkView(LinkView, Protocol):
+    """A miner connected to another router of the cluster, as that router last announced it."""
+
+    @property
+    def holder(self) -> str:
+        """The router that holds its connection (its identity address)."""
+
+    @property
+    def elsewhere(self) -> int:
+        """Tasks it runs for other routers, as its holder last said (``inflight`` is this router's own)."""
+
+
 class HubView(Protocol):
     @property
-    def links(self) -> Mapping[str, LinkView]: ...
+    def links(self) -> Mapping[str, LinkView]:
+        """The miners connected to this router."""
+
+    @property
+    def remote(self) -> Mapping[str, RemoteLinkView]:
+        """The miners other live routers of the cluster hold (empty on a router without a cluster)."""
 
 
 class SchedulerView(Protocol):

@@ -10,6 +10,7 @@ import base64
 import binascii
 import bisect
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -26,8 +27,42 @@ PHASES = ("queued", "assigned", "acked", "precommitted", "committed", "validated
 SCORE_KEYS = ("total", "precommit", "commit", "agreement", "tokens_per_s")
 
 
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """A node online somewhere in the network: its link, the router holding its connection, its load as known."""
+
+    link: LinkView
+    router: str
+    inflight: int
+    remote: bool  # another router holds it: what presence does not carry comes from the shared database
+
+
+def where(src: DashboardSource, node: str) -> Connected | None:
+    """The node's connection in the network: to this router (exact), else to another live router of its cluster
+    (as presence last reported it: the holder's load for others plus this router's reservations). A node held by
+    both for a moment is this router's, as in the router's node pool."""
+    if (ln := src.hub.links.get(node)) is not None:
+        return Connected(ln, src.identity.address, ln.inflight, remote=False)
+    if (rl := src.hub.remote.get(node)) is not None:
+        return Connected(rl, rl.holder, rl.inflight + rl.elsewhere, remote=True)
+    return None
+
+
+def network(src: DashboardSource) -> list[Connected]:
+    """Every node online in the network once (a router's ``router.roster``, which the dashboard cannot import): a
+    router of a cluster shows the nodes the other routers hold as online, not just its own."""
+    here = src.hub.links
+    out = [Connected(ln, src.identity.address, ln.inflight, remote=False) for ln in here.values()]
+    out += [
+        Connected(rl, rl.holder, rl.inflight + rl.elsewhere, remote=True)
+        for node, rl in src.hub.remote.items()
+        if node not in here
+    ]
+    return out
+
+
 async def overview(src: DashboardSource, activity: Activity) -> dict[str, Any]:
-    links = list(src.hub.links.values())
+    online = network(src)
     rep = src.reputation
     by_phase = await src.store.fetch_all(
         select(s.tasks.c.phase, func.count().label("n")).group_by(s.tasks.c.phase)
@@ -38,12 +73,12 @@ async def overview(src: DashboardSource, activity: Activity) -> dict[str, Any]:
         "router": src.identity.address,
         "uptime_s": round(time.time() - src.started_at, 1),
         "nodes": {
-            "online": len(links),
-            "quarantined": sum(1 for ln in links if rep.is_quarantined(ln.node)),
+            "online": len(online),
+            "quarantined": sum(1 for c in online if rep.is_quarantined(c.link.node)),
             "known": known[0]["n"] if known else 0,
         },
-        "capacity": sum(ln.capacity for ln in links),
-        "inflight": sum(ln.inflight for ln in links),
+        "capacity": sum(c.link.capacity for c in online),
+        "inflight": sum(c.inflight for c in online),
         "queue_depth": src.scheduler.depth,
         "tasks_total": sum(phases.values()),
         "tasks_by_phase": phases,
@@ -56,13 +91,17 @@ def _hour_axis(hours: int) -> list[int]:
     return [now - (hours - 1 - i) * HOUR for i in range(hours)]
 
 
-def _link_json(ln: LinkView) -> dict[str, Any]:
+def _link_json(at: Connected, row: Row) -> dict[str, Any]:
+    """The node's connection. Presence does not carry hardware or version: for a node another router holds they
+    come from its row in the shared database (``row``), which that router wrote when the node joined."""
+    ln = at.link
     return {
+        "router": at.router,
         "models": sorted(ln.models),
         "capacity": ln.capacity,
-        "inflight": ln.inflight,
-        "hardware": ln.hardware.model_dump(),
-        "version": ln.version,
+        "inflight": at.inflight,
+        "hardware": (row.get("hardware") or {}) if at.remote else ln.hardware.model_dump(),
+        "version": (row.get("version") or "") if at.remote else ln.version,
         "connected_at": ln.connected_at,
         "tasks_finished": ln.finished,
     }
@@ -97,20 +136,21 @@ class HourCells:
 def _node_row(src: DashboardSource, node: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
     """One row of the rank table, from the reputation's cached scores (no window sums but ``assigned``)."""
     rep = src.reputation
-    link = src.hub.links.get(node)
+    at = where(src, node)
     sc = rep.scores(node)
     lv = rep.levels.get(node)
     since = int((time.time() - rep.window_s) // HOUR) * HOUR
     return {
         "node": node,
-        "online": link is not None,
+        "online": at is not None,
+        "router": at.router if at else None,  # the router holding its connection
         "quarantined": rep.is_quarantined(node),
         "level": lv.level if lv else 0,
         "streak": lv.streak if lv else 0,
         "assigned": sum(c.assigned for b, c in rep.buckets.get(node, {}).items() if b >= since),
         "scores": {k: round(getattr(sc, k), 4) for k in SCORE_KEYS},
         "hours": cells,
-        "models": sorted(link.models) if link else [],
+        "models": sorted(at.link.models) if at else [],
     }
 
 
@@ -144,7 +184,7 @@ async def nodes(
     rep = src.reputation
     cells = cells or HourCells()
     seen = await src.store.fetch_scalars(select(s.nodes.c.address).where(s.nodes.c.last_seen >= axis[0]))
-    names = set(rep.buckets) | set(src.hub.links) | set(seen)
+    names = set(rep.buckets) | set(src.hub.links) | set(src.hub.remote) | set(seen)
     total = rep.total
     keyed = sorted([(-total(n), n) for n in names])
     if cursor is not None:
@@ -168,17 +208,18 @@ async def nodes(
 
 async def node(src: DashboardSource, address: str, hours: int = 24) -> dict[str, Any] | None:
     """One node: scores and the counters behind them, level, formula, hourly totals, recent score events."""
-    link = src.hub.links.get(address)
+    at = where(src, address)
     known = await src.store.fetch_all(select(s.nodes).where(s.nodes.c.address == address))
     heat = src.reputation.heatmap(hours).get(address)
-    if link is None and not known and heat is None:
+    if at is None and not known and heat is None:
         return None
     rep = src.reputation.report(address)
     events = await src.store.node_events(node=address, limit=50)
     row: Row = known[0] if known else {}
     return {
         "node": address,
-        "online": link is not None,
+        "online": at is not None,
+        "router": at.router if at else None,  # the router holding its connection
         "quarantined": rep["quarantined"],
         "level": rep["level"],
         "streak": rep["streak"],
@@ -191,7 +232,7 @@ async def node(src: DashboardSource, address: str, hours: int = 24) -> dict[str,
         "heat": heat or [],
         "first_seen": row.get("first_seen"),
         "last_seen": row.get("last_seen"),
-        "link": _link_json(link) if link else None,
+        "link": _link_json(at, row) if at else None,
         "events": [
             {"at": e["ts"], "kind": e["kind"], "task_id": e["task_id"], "detail": e["detail"]} for e in events
         ],
@@ -320,7 +361,8 @@ def _amount(value: int) -> str:
     return str(int(value))
 
 
-NODE_ENTRIES = frozenset({"payout", "stake", "unstake", "slash", "reward"})  # their addresses are nodes: public
+# entries whose addresses are nodes: public
+NODE_ENTRIES = frozenset({"payout", "stake", "unstake", "slash", "reward"})
 
 
 def _shown(account: str, kind: str, nodes: Any) -> str:
@@ -338,7 +380,9 @@ def _entry_json(e: Any, nodes: Any = ()) -> dict[str, Any]:
         "kind": e.kind,
         "reason": e.reason,
         "amount": _amount(e.amount),
-        "from": [{"account": _shown(a, e.kind, nodes), "amount": _amount(-d)} for a, d in e.postings if d < 0],
+        "from": [
+            {"account": _shown(a, e.kind, nodes), "amount": _amount(-d)} for a, d in e.postings if d < 0
+        ],
         "to": [{"account": _shown(a, e.kind, nodes), "amount": _amount(d)} for a, d in e.postings if d > 0],
         "session_id": e.session_id,
         "task_id": e.task_id,
@@ -355,7 +399,7 @@ async def payments(src: DashboardSource, limit: int = 50) -> dict[str, Any]:
     by_kind: dict[str, int] = await ledger.balances_by_kind()
     entries = await ledger.recent_entries(limit)
     top = await ledger.top_accounts(limit=10)
-    links = src.hub.links
+    links, remote = src.hub.links, src.hub.remote
     chain = None
     if (chain_status := getattr(ledger, "status", None)) is not None:  # the evm back-end's batch sender
         cs = await chain_status()
@@ -386,9 +430,14 @@ async def payments(src: DashboardSource, limit: int = 50) -> dict[str, Any]:
             "staked": _amount(by_kind["stake"] + by_kind["unstaking"]),
             "deposited": _amount(-by_kind["world"]),  # deposits minus withdrawals: the sum of all the above
         },
-        "entries": [_entry_json(e, links) for e in entries],
+        "entries": [_entry_json(e, links.keys() | remote.keys()) for e in entries],
         "top_nodes": [
-            {"address": a, "balance": _amount(bal), "earned": _amount(earned), "online": a in links}
+            {
+                "address": a,
+                "balance": _amount(bal),
+                "earned": _amount(earned),
+                "online": a in links or a in remote,
+            }
             for a, bal, earned in top
             if earned > 0
         ],

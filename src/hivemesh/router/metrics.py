@@ -7,9 +7,16 @@ ended or failed task; miner and queue gauges are read from the service when Prom
 ``hivemesh_tasks_total{verdict}``                     tasks finished: verified, disputed, unverified, or failed
 ``hivemesh_task_duration_seconds{verdict}``           from miners assigned until every miner is classified
 ``hivemesh_tokens_total{kind}``                       prompt and completion tokens of the answers served
-``hivemesh_miners{state}``                            connected miners: online, quarantined (of those online)
-``hivemesh_miner_slots{state}``                       advertised task slots of connected miners: capacity, busy
+``hivemesh_miners{state,scope}``                      the network's miners: online, quarantined (of those online)
+``hivemesh_miner_slots{state,scope}``                 advertised task slots of the network's miners: capacity, busy
 ``hivemesh_queue_depth``                              tasks waiting in the session queues
+
+The miner gauges count the whole network, because a router of a cluster schedules on every router's nodes: by
+``scope``, ``local`` for the connections this router holds and ``remote`` for the nodes other live routers of its
+cluster hold (as presence last reported them, ``router.roster``). One router's series summed over ``scope`` give
+the network; since every router reports the whole network, a sum across routers must keep to ``scope="local"``
+(each node counted once, by its holder). A router without a cluster exposes only ``local`` series, with today's
+values: no always-zero ``remote`` series for an alert on ``hivemesh_miners{state="online"}`` to trip on.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from hivemesh.router.roster import roster
 from hivemesh.router.service import RouterService
 from hivemesh.router.token_run import Run
 
@@ -43,16 +51,33 @@ class _LiveState(Collector):
         svc = self._service()
         if svc is None:
             return
-        links = list(svc.hub.links.values())
-        miners = GaugeMetricFamily("hivemesh_miners", "Connected miners by state.", labels=["state"])
-        miners.add_metric(["online"], len(links))
-        miners.add_metric(["quarantined"], sum(1 for ln in links if svc.reputation.is_quarantined(ln.node)))
-        yield miners
-        slots = GaugeMetricFamily(
-            "hivemesh_miner_slots", "Task slots advertised by connected miners.", labels=["state"]
+        nodes = roster(svc.hub, svc.identity.address)
+        scopes = {"local": [p for p in nodes if p.local]}
+        if svc.cluster is not None:
+            scopes["remote"] = [p for p in nodes if not p.local]
+        miners = GaugeMetricFamily(
+            "hivemesh_miners",
+            "Miners in the whole network by state (online; quarantined, of those online) and scope (local: "
+            "connected to this router; remote: to another live router of its cluster). Every router reports the "
+            "whole network: sum one router's series over scope for the network; across routers sum only "
+            "scope=local.",
+            labels=["state", "scope"],
         )
-        slots.add_metric(["capacity"], sum(ln.capacity for ln in links))
-        slots.add_metric(["busy"], sum(ln.inflight for ln in links))
+        slots = GaugeMetricFamily(
+            "hivemesh_miner_slots",
+            "Task slots of the whole network's miners by state (capacity: advertised; busy: in use, for remote "
+            "nodes as their router last reported) and scope (local: connected to this router; remote: to another "
+            "live router of its cluster). Every router reports the whole network: sum one router's series over "
+            "scope for the network; across routers sum only scope=local.",
+            labels=["state", "scope"],
+        )
+        for scope, placed in scopes.items():
+            quarantined = sum(1 for p in placed if svc.reputation.is_quarantined(p.link.node))
+            miners.add_metric(["online", scope], len(placed))
+            miners.add_metric(["quarantined", scope], quarantined)
+            slots.add_metric(["capacity", scope], sum(p.link.capacity for p in placed))
+            slots.add_metric(["busy", scope], sum(p.inflight for p in placed))
+        yield miners
         yield slots
         yield GaugeMetricFamily(
             "hivemesh_queue_depth", "Tasks waiting in the session queues.", value=svc.scheduler.depth

@@ -51,7 +51,7 @@ OPERATIONS: tuple[Op, ...] = (
     ("post", "/v1/embeddings", "Embeddings (OpenAI)", EmbeddingRequest, (), (), False),
     ("get", "/api/v1/info", "Router info", None, (), (), False),
     ("get", "/api/v1/status", "Router status", None, (), (), False),
-    ("get", "/api/v1/miners", "Connected miners", None, (), (), False),
+    ("get", "/api/v1/miners", "Every node of the network, with the router holding it", None, (), (), False),
     ("post", "/api/v1/sessions", "Create a session", CreateSession, (), (), False),
     ("get", "/api/v1/sessions", "List your sessions", None, (), (), False),
     ("get", "/api/v1/sessions/{session_id}", "A session", None, ("session_id",), (), False),

@@ -19,6 +19,7 @@ from hivemesh import __version__
 from hivemesh.errors import InvalidRequest, NotFound, PermissionDenied
 from hivemesh.protocol.openai import ChatCompletionRequest, CompletionRequest, InMessage
 from hivemesh.router.openai_api import JSONResponse, OpenAIApi, parse_body, validate
+from hivemesh.router.roster import roster
 from hivemesh.router.sessions import to_json
 from hivemesh.store import schema as s
 
@@ -244,21 +245,24 @@ class SessionApi:
         )
 
     async def miners(self, request: Request) -> Response:
+        """Every node of the network once, with the router holding its connection (``router.roster``): in a
+        cluster any router answers for all of them, not just its own connections."""
         hub = self.service.hub
         data = [
             {
-                "node": ln.node,
-                "models": sorted(ln.models),
-                "capacity": ln.capacity,
-                "inflight": ln.inflight,
-                "pool": ln.pool,
-                "hardware": ln.hardware.model_dump(),
-                "version": ln.version,
-                "connected_at": ln.connected_at,
-                "score": hub.score(ln.node),
-                "tasks_finished": ln.finished,
+                "node": p.link.node,
+                "router": p.router,
+                "models": sorted(p.link.models),
+                "capacity": p.link.capacity,
+                "inflight": p.inflight,
+                "pool": p.link.pool,
+                "hardware": p.link.hardware.model_dump(),
+                "version": p.link.version,
+                "connected_at": p.link.connected_at,
+                "score": hub.score(p.link.node),
+                "tasks_finished": p.link.finished,
             }
-            for ln in hub.links.values()
+            for p in roster(hub, self.service.identity.address)
         ]
         return JSONResponse({"object": "list", "data": data})
 

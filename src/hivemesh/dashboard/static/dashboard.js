@@ -224,7 +224,7 @@
       };
       return h("tr", { "data-node": r.node },
         h("td", { class: "num muted" }, i + 1),
-        h("td", {}, h("span", { class: "status-dot" + (r.online ? " on" : ""), title: r.online ? "online" : "offline" }), nodeLink(r.node),
+        h("td", {}, h("span", { class: "status-dot" + (r.online ? " on" : ""), title: r.online ? "online, connected to router " + r.router : "offline" }), nodeLink(r.node),
           r.quarantined ? h("span", { class: "badge bad" }, "quarantined") : null),
         h("td", { class: "num" }, r.level),
         scoreCell("total", f.min_total),
@@ -322,6 +322,7 @@
           h("div", { class: "body" },
             ln
               ? h("dl", { class: "kv" },
+                  h("dt", {}, "router"), h("dd", { class: "mono", id: "node-router" }, ln.router),
                   h("dt", {}, "models"), h("dd", {}, ln.models.join(", ") || "\u2013"),
                   h("dt", {}, "capacity"), h("dd", {}, `${ln.inflight} busy of ${ln.capacity}`),
                   h("dt", {}, "hardware"), h("dd", {}, `${ln.hardware.cpus} CPUs \u00b7 ${ln.hardware.ram_gb} GB RAM` + (ln.hardware.gpu ? " \u00b7 " + ln.hardware.gpu : "")),
