@@ -41,7 +41,7 @@ from sqlalchemy import select
 
 from hivemesh.cluster.broker import Broker
 from hivemesh.protocol import wire
-from hivemesh.router.hub import MinerHub, MinerLink
+from hivemesh.router.hub import MAX_RECORDED, MinerHub, MinerLink
 from hivemesh.router.links import RelayLink
 from hivemesh.router.presence import Presence, holder_instead
 from hivemesh.store import schema as s
@@ -166,6 +166,10 @@ class Cluster:
                 "finished": link.finished,
                 "validated": link.validated,
                 "inflight": link.inflight,
+                # what the network-wide views show of a node held here (router.roster)
+                "hardware": link.hardware.model_dump(mode="json"),
+                "version": link.version,
+                "connected_at": link.connected_at,
             }
         )
 
@@ -262,6 +266,9 @@ class Cluster:
                 holder=holder,
                 forward=self._forward,
                 elsewhere=int(entry.get("inflight", 0)),
+                hardware=_hardware(entry.get("hardware")),
+                version=str(entry.get("version", ""))[:MAX_RECORDED],
+                connected_at=float(entry.get("connected_at") or time.time()),
             )
         )
 
@@ -491,3 +498,12 @@ class Cluster:
 
 def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _hardware(raw: Any) -> wire.Hardware:
+    """A presence entry's hardware (written by another router from its node's hello); the defaults if absent or
+    not valid (an entry from an older router)."""
+    try:
+        return wire.Hardware.model_validate(raw) if raw else wire.Hardware()
+    except ValueError:
+        return wire.Hardware()

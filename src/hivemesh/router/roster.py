@@ -5,9 +5,8 @@ too: a dashboard or a scrape on one router that counted only its own connections
 offline. Nodes connected here are exact. Another router's nodes (``MinerHub.remote``, kept by ``router.cluster``
 from presence) are as their holder last announced them: models, capacity, stake pool, record and validation from
 its presence entry; load as this router's own reservations on the node plus what the holder last reported for
-everyone else (``RelayLink.elsewhere``, republished every ``cluster.LOAD_S``). Presence does not carry a node's
-hardware, version or connection time, so a remote node shows the defaults and the time this router learned of
-the connection.
+everyone else (``RelayLink.elsewhere``, republished every ``cluster.LOAD_S``); hardware, version and connection
+time as the holder's presence entry carries them.
 
 Everything here is read from memory, O(nodes), with no database read: a scrape or a listing at 10,000 nodes
 costs what a pass over two dicts costs. On a router without a cluster the roster is exactly its connections.

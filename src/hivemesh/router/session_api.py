@@ -233,11 +233,13 @@ class SessionApi:
     async def status(self, request: Request) -> Response:
         svc = self.service
         counts = await svc.store.fetch_all(select(s.tasks.c.phase, func.count()).group_by(s.tasks.c.phase))
+        nodes = roster(svc.hub, svc.identity.address)  # the network's nodes (in a cluster: every router's)
         return JSONResponse(
             {
-                "miners": len(svc.hub.links),
-                "capacity": sum(ln.capacity for ln in svc.hub.links.values()),
-                "inflight": sum(ln.inflight for ln in svc.hub.links.values()),
+                "miners": len(nodes),
+                "capacity": sum(p.link.capacity for p in nodes),
+                "inflight": sum(p.inflight for p in nodes),
+                "local_miners": len(svc.hub.links),  # connected to this router
                 "queue_depth": svc.scheduler.depth,
                 "tasks_by_phase": {r["phase"]: r["count_1"] for r in counts},
                 "uptime_s": round(time.time() - svc.started_at, 1),

@@ -68,6 +68,16 @@ def test_the_miners_api_lists_every_node_once_with_its_router(split: dict[str, A
         assert {m["node"]: m["router"] for m in data} == holder
         assert {m["node"]: m["capacity"] for m in data} == {n: 3 if n in split["on_a"] else 2 for n in holder}
         assert all(m["models"] == [MODEL] and m["inflight"] == 0 for m in data)
+        # hardware, version and connection time come with presence, the same on both routers
+        assert all(m["version"] and m["hardware"]["cpus"] > 0 for m in data), data
+        status = httpx.get(f"{net.url}/api/v1/status", headers=H).json()
+        assert status["miners"] == 3 and status["capacity"] == 7
+        assert status["local_miners"] == (1 if net is a else 2)
+    by = [
+        {m["node"]: m["connected_at"] for m in httpx.get(f"{n.url}/api/v1/miners", headers=H).json()["data"]}
+        for n in (a, b)
+    ]
+    assert by[0] == by[1]  # the holder's time of the connection, not when the other router learned of it
 
 
 def test_the_dashboard_shows_the_other_routers_nodes_online(split: dict[str, Any]) -> None:
