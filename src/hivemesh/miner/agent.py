@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -161,6 +162,9 @@ class MinerAgent:
                 job = _Job(msg)
                 self.jobs[msg.task_id] = job
                 job.task = asyncio.create_task(self._run_job(ws, nonce, job), name=f"job-{msg.task_id}")
+                # a job cancelled before its coroutine ran (an Assign and its Cancel read back to back) never
+                # reaches _run_job's finally: without this its entry would hold a unit of capacity for good
+                job.task.add_done_callback(functools.partial(self._forget, msg.task_id, job))
             elif isinstance(msg, wire.RevealRequest):
                 if (waiting := self.jobs.get(msg.task_id)) is not None:
                     waiting.reveal.set()
@@ -169,6 +173,10 @@ class MinerAgent:
                     running.task.cancel()
             elif isinstance(msg, wire.Ping):
                 await ws.send(wire.encode(wire.Pong(nonce=msg.nonce)))
+
+    def _forget(self, task_id: str, job: _Job, _: object = None) -> None:
+        if self.jobs.get(task_id) is job:
+            del self.jobs[task_id]
 
     def _signed(self, msg: _S, nonce: str) -> _S:
         return msg.model_copy(update={"sig": self.identity.sign(wire.signing_payload(msg, nonce))})
