@@ -131,9 +131,11 @@ class Tolerance:
     def exact(cls) -> Tolerance:
         """For a generator and a verifier whose engines compute bit-identical logits for the same tokens (the
         same ``ModelCard.numerics``: same model file, same kernels, whatever their thread counts or batch sizes;
-        ``engines.llamacpp`` proves it for itself at load): the claimed token must be the pick. The slack only
-        lets an exact tie (both scores equal to float precision) go either way."""
-        return cls(margin=1e-3, cap_fraction=0.0, cap_min=2, budget=2e-3, budget_per_token=0.0)
+        ``engines.llamacpp`` proves it for itself at load): the claimed token must be the pick, everywhere. Not
+        even an exact tie goes either way: both sides break ties by the same rule (the lowest id), so an honest
+        generator's claim is always the pick, while a claim that takes the other side of a tie is a choice no
+        honest engine makes (it let one cheat in 63 through in the runner-up attack while this allowed ties)."""
+        return cls(margin=0.0, cap_fraction=0.0, cap_min=0, budget=0.0, budget_per_token=0.0)
 
     def cap(self, n: int) -> int:
         """How many of ``n`` positions may use the tolerance: ``max(cap_min, floor(cap_fraction * n))``."""

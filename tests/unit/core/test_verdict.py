@@ -481,10 +481,15 @@ def test_near_ties_whose_margins_add_up_past_the_allowance_are_rejected_where_it
     assert tol.allowance(24) == 1.0 and tol.allowance(300) == 3.0
 
 
-def test_exact_tolerance_forgives_only_float_ties() -> None:
+def test_exact_tolerance_forgives_nothing_not_even_a_tie() -> None:
     exact = Tolerance.exact()
-    assert exact.margin < 0.01 and exact.allowance(1000) < 0.01
-    assert Tolerance().margin > 100 * exact.margin
+    assert exact.margin == 0.0 and exact.cap(1000) == 0 and exact.allowance(1000) == 0.0
+    c = answer(24)
+    assert judge(c, evidence(c), exact).accepted
+    # the other side of an exact tie (margin 0): the same logits and tie rule would have picked the pick
+    tie = judge(c, evidence(c, flips={5: 0.0}), exact)
+    assert (tie.fault, tie.reason, tie.position) == ("generator", "too_many_near_ties", 5)
+    assert judge(c, evidence(c, flips={5: 0.0}), Tolerance()).accepted  # the calibrated one forgives it
 
 
 def test_which_checks_are_exact_follows_the_numeric_profiles() -> None:
