@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -101,7 +101,7 @@ class Broker:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await cast(Any, pubsub).aclose()  # typed only in newer redis releases
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         channel = msg["channel"].decode() if isinstance(msg["channel"], bytes) else str(msg["channel"])
