@@ -302,28 +302,21 @@ class MinerHub:
             log.info("miner refused node=%s reason=held elsewhere holder=%s", node, holder)
             await _close(ws, wire.CLOSE_HELD_ELSEWHERE, refusal(node, holder))
             return
-        await self.attach(link)
-        await link.send(wire.Welcome(node=node))
+        await self.attach(link, welcome=wire.Welcome(node=node))
         try:
             await self._receive_loop(link)
         finally:
             await self._drop(link, "disconnected")
 
-    async def attach(self, link: MinerLink) -> None:
+    async def attach(self, link: MinerLink, welcome: wire.Welcome | None = None) -> None:
         """Take a node whose hello checked out (a new connection of a node replaces its old one): record it,
-        put it in the node pool, tell the cluster."""
+        send it ``welcome``, then put it in the node pool and tell the cluster.
+
+        The welcome goes out before the node is schedulable, with no await between making it schedulable and
+        the registration: otherwise a task queued under load sends its Assign during the store write, ahead of
+        the Welcome the miner waits for, and the miner gives up on the connection (seen after a router restart
+        under load: two of three miners failed to join for a minute, every 10 s)."""
         node = link.node
-        old = self.links.get(node)
-        if old is not None:  # the same node reconnected: the new connection wins
-            await self._drop(old, "replaced by a new connection")
-        self.links[node] = link
-        if (shadow := self.remote.get(node)) is not None:  # it was another router's: this link wins here
-            shadow.on_change = None
-            self.pool.left(shadow)
-        link.on_change = self.pool.update
-        self.pool.joined(link)
-        if len(self.known_models) < MAX_KNOWN_MODELS:  # a hostile miner cannot grow it without bound
-            self.known_models.update(list(link.models)[: MAX_KNOWN_MODELS - len(self.known_models)])
         await self.store.upsert_node(
             node,
             {
@@ -334,6 +327,19 @@ class MinerHub:
                 "version": link.version,
             },
         )
+        if welcome is not None:
+            await link.send(welcome)
+        while (old := self.links.get(node)) is not None and old is not link and not old.closed:
+            # the same node reconnected: the new connection wins
+            await self._drop(old, "replaced by a new connection")
+        self.links[node] = link
+        if (shadow := self.remote.get(node)) is not None:  # it was another router's: this link wins here
+            shadow.on_change = None
+            self.pool.left(shadow)
+        link.on_change = self.pool.update
+        self.pool.joined(link)
+        if len(self.known_models) < MAX_KNOWN_MODELS:  # a hostile miner cannot grow it without bound
+            self.known_models.update(list(link.models)[: MAX_KNOWN_MODELS - len(self.known_models)])
         if self.on_presence is not None:
             self.on_presence(link, True)
         log.info(
