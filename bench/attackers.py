@@ -6,7 +6,8 @@ cheat passes every check but the token-level one (the verifier's forward pass)::
 
     swap         one content token mid-answer replaced by the model's best other word there whose logit gap is
                  above the verifier's tolerance (a fact swap: " Paris" -> " London")
-    near_tie     the same within the tolerance: the bounded cheat the tolerance lets through (at most its cap)
+    near_tie     the same within the calibrated tolerance: the bounded cheat that tolerance would let through (at
+                 most its cap); a verifier of the generator's numeric profile checks exactly and catches it
     runner_up    every 20th token is the model's second choice
     sampled      claims the request's temperature 0 but samples at 0.8
     ignore_seed  samples with another seed than the task's
