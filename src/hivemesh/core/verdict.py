@@ -23,8 +23,10 @@ that applies decides, and ``fault`` says whose failure a rejection is:
    prompt_tokens)``, both as the verifier counts them. An answer that fills the context is complete; an empty
    ``length`` answer is complete only when the prompt already fills the context. (Generator and verifier are
    expected to serve the same model card, hence the same context length.)
-8. ``token_mismatch`` (generator): some margin exceeds ``tolerance.margin``; the position is the first such one.
-   A single such position is a proof on its own, so it wins over rule 9 wherever it lies.
+8. ``token_mismatch`` (generator): some margin exceeds ``tolerance.margin``, or some claimed token is not the pick
+   under a tolerance that forgives no position (``Tolerance.exact``: even the other side of an exact tie); the
+   position is the first such one. A single such position is a proof on its own, so it wins over rule 9 wherever
+   it lies.
 9. ``too_many_near_ties`` (generator): more positions than ``tolerance.cap(n)`` use the tolerance (claimed token
    not the pick, margin within tolerance), or their margins sum to more than ``tolerance.allowance(n)``; the
    position is the one where the cap or the allowance was exceeded.
@@ -35,12 +37,14 @@ Otherwise the answer is accepted (``ok``, fault ``none``). The statistics (``che
 Why a punishment needs a proof that independent rechecks confirm, never a vote: a vote punishes the minority, so
 sybils that win a draw can get honest nodes struck, and a vote's strength is only the honest share of each draw.
 A rejection here names something anyone holding the model can recompute (``FraudProof``: the position, the
-claimed token, the pick, the margin, the tolerance). ``settle(first, escalations)`` therefore punishes only when
-the recheck agrees: the generator when every escalation verifier with valid evidence also finds it at fault (not
-necessarily at the same position: the accusation is that the answer is not the model's, not where), the first
-verifier when every valid escalation accepts (a false accusation: only an acceptance under a tolerance at least
-as strict as the accuser's refutes it), and nobody when the rechecks are mixed or none
-gave valid evidence; the task is then regenerated elsewhere. A verifier whose evidence is malformed accuses
+claimed token, the pick, the margin, the tolerance). ``settle(first, escalations)`` classifies the rechecks:
+``fraud`` when every escalation verifier with valid evidence also finds the generator at fault (not necessarily at
+the same position: the accusation is that the answer is not the model's, not where), and only then is anyone
+punished (the generator); ``false_accusation`` when every valid escalation accepts (only an acceptance under a
+tolerance at least as strict as the accuser's counts), which strikes nobody: an acceptance is a word, not a
+recomputable proof, and sybil rechecks would use it to strike the honest verifier that caught their fraud;
+``inconclusive`` when the rechecks are mixed or none gave valid evidence. Whatever the outcome, the rejected answer
+is never served: the task is regenerated elsewhere. A verifier whose evidence is malformed accuses
 nobody: it has failed, is struck and replaced. ``p_all_sybil`` gives the chance that a sybil generator draws only
 sybil verifiers, the one case a recheck cannot catch, to print next to the measured rate.
 """
@@ -231,10 +235,10 @@ def judge(claim: Claim, evidence: Evidence, tolerance: Tolerance | None = None) 
         claim.max_tokens, evidence.context_length - evidence.prompt_tokens
     ):
         return verdict("generator", "truncated")
-    for i, m in enumerate(evidence.margins):
-        if m > tol.margin:
-            return verdict("generator", "token_mismatch", i)
     cap, allowance = tol.cap(n), tol.allowance(n)
+    for i, (c, p, m) in enumerate(zip(claim.tokens, evidence.picks, evidence.margins, strict=True)):
+        if m > tol.margin or (c != p and cap == 0):
+            return verdict("generator", "token_mismatch", i)
     used, spent = 0, 0.0
     for i, (c, p, m) in enumerate(zip(claim.tokens, evidence.picks, evidence.margins, strict=True)):
         if c != p:
@@ -348,7 +352,8 @@ def summary(verdict: TokenVerdict) -> dict[str, object]:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    outcome: Outcome  # fraud: strike the generator; false_accusation: strike the first verifier; else nobody
+    # fraud: strike the generator; false_accusation (every recheck accepts) and inconclusive: strike nobody
+    outcome: Outcome
     confirmed: int  # escalations with valid evidence that also find the generator at fault
     refuted: int  # escalations with valid evidence that accept the answer
     failed: tuple[int, ...]  # indices of escalations whose verifier failed (struck and replaced on their own)
