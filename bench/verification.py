@@ -648,14 +648,16 @@ def cheated_claims(m: Member) -> int:
     )
 
 
-def cheated_outputs(m: Member) -> set[str]:
-    """The texts ``m`` claimed while cheating (from its claim log)."""
-    out: set[str] = set()
+def cheated_outputs(m: Member) -> set[tuple[int | None, str]]:
+    """The (seed, text) pairs ``m`` claimed while cheating (from its claim log). The seed tells tasks apart: the
+    same prompt asked with another seed may have this text as its honest answer (a short sum at temperature 0.7),
+    and matching the text alone counted such an honest claim as a verified cheat."""
+    out: set[tuple[int | None, str]] = set()
     if m.log.exists():
         for line in m.log.read_text().splitlines():
             rec = json.loads(line)
             if rec.get("role") == "generator" and rec.get("cheated"):
-                out.add(rec["output"])
+                out.add((rec.get("seed"), rec["output"]))
     return out
 
 
@@ -763,7 +765,7 @@ def part_attacks(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict
                             ref = reference.greedy(prompt_of(i))
                             wrong = ref != text
                         elif by_log:  # no honest generator to ask: the attacker's own log says it cheated
-                            wrong = text in cheated_outputs(a)
+                            wrong = (1000 + i, text) in cheated_outputs(a)  # the seed the task was asked with
                         else:  # no honest reference counts as wrong too: never flattering
                             wrong = ref != text
                         if wrong:
