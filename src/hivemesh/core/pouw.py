@@ -520,7 +520,10 @@ class TokenPoUW:
                 ]
                 return out + self._draw("verifier", self.policy.escalation)
             accepted = tuple(c.node for c, _ in done)
-            verdict: Literal["verified", "unverified"] = "verified" if accepted else "unverified"
+            # "verified" means the session's v verifiers accepted: fewer (the pool ran short, as when a dispute
+            # barred the accusers and sybils are most of what is left) is an unverified answer, never billed
+            full = len(accepted) >= self.policy.verifiers
+            verdict: Literal["verified", "unverified"] = "verified" if accepted and full else "unverified"
             return self._deliver(verdict, gen, accepted, tuple(v for _, v in done))
         # round 1: the rejection was rechecked
         first = [(c, v) for c, v in self._round_verdicts(0) if not v.accepted]

@@ -378,3 +378,13 @@ def test_an_exact_only_session_checks_every_claim_exactly_whatever_the_profiles(
     (note,) = [e for e in of(eff, pouw.Note) if e.phase == "evidence"]
     assert note.detail == note.detail | {"accepted": False, "tolerance": "exact"}
     assert not of(eff, Deliver)
+
+
+def test_fewer_verifiers_than_the_session_asked_for_give_an_unverified_answer() -> None:
+    m = TokenPoUW("t1", replace(POLICY, verifiers=3))
+    m.start()
+    generated(m, "G")
+    m.apply(Drawn("verifier", ("V1", "V2"), 0.4))  # the pool had only two to give
+    m.apply(EvidenceIn("V1", evidence("V1"), 0.5))
+    (d,) = of(m.apply(EvidenceIn("V2", evidence("V2"), 0.6)), Deliver)
+    assert d.verdict == "unverified" and set(d.verifiers) == {"V1", "V2"}
