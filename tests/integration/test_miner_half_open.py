@@ -56,7 +56,7 @@ class Blackhole:
 def test_a_silent_router_is_left_within_the_ping_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # scaled down from 5 s + 10 s + 2 s so the test is quick; websockets' defaults (20 + 20 + 10 s) would fail it
+    # scaled down from 10 s + 10 s + 2 s so the test is quick; websockets' defaults (20 + 20 + 10 s) would fail it
     monkeypatch.setattr(agent_module, "PING_INTERVAL_S", 0.3)
     monkeypatch.setattr(agent_module, "PING_TIMEOUT_S", 0.7)
     monkeypatch.setattr(agent_module, "CLOSE_TIMEOUT_S", 0.5)
