@@ -9,7 +9,7 @@ The flow, with one generator and ``v`` verifiers (DESIGN.md, "A user task, end t
     Draw(generator) → Drawn → SendAssign → Acked → Precommitted → SendReveal → Revealed(tokens)
       → Draw(v verifiers, drawn only now: the generator cannot know them when it commits)
       → Evidence from each → judge each (core.verdict)
-          all accept                       → Deliver("verified")
+          all v accept                     → Deliver("verified") (fewer than v could be drawn: "unverified")
           one rejects (generator's fault)  → escalation: Draw(e verifiers) → their Evidence → settle()
               "fraud"             → Strike+slash the generator, regenerate with a new generator (the user never gets
                                     the rejected answer)
@@ -182,7 +182,7 @@ class Cancel:
 @dataclass(frozen=True, slots=True)
 class Strike:
     node: str
-    kind: str  # timeout, bad_reveal, stream_mismatch, fraud, false_accusation, invalid_evidence, replay
+    kind: str  # timeout, bad_reveal, stream_mismatch, fraud, invalid_evidence, replay
     detail: str
 
 

@@ -36,7 +36,7 @@ from hivemesh.router.domain import Outcome, TaskSpec
 
 log = logging.getLogger(__name__)
 
-CHEATS = frozenset({"bad_reveal", "stream_mismatch", "bad_signature", "fraud", "false_accusation"})
+CHEATS = frozenset({"bad_reveal", "stream_mismatch", "bad_signature", "fraud"})
 VERIFY_BPS = 5_000  # token mode: a verifier's prefill is paid half of what the generator gets per token
 TEMPLATE_ALLOWANCE = 64  # tokens a chat template may add around the messages
 CHECKPOINT_INTERVAL_S = (

@@ -574,22 +574,21 @@ class TokenRun:
             if ch.status == "asked":
                 continue
             valid = ch.verdict is not None
-            false = self.struck.get(ch.node) == "false_accusation"
             invalid = self.struck.get(ch.node) == "invalid_evidence"
+            # an accusation the rechecks refuted counts like any valid check: their word against the accuser's is
+            # no proof (core.pouw), so it costs the accuser no reputation either
             delta = Counters(
                 assigned=1,
                 acked=int(valid),
                 precommitted_on_time=int(valid),
                 committed=int(valid),
                 valid_reveals=int(valid),
-                in_consensus=int(valid and not false),
-                dissents=int(false),
+                in_consensus=int(valid),
+                dissents=0,
                 timeouts=int(ch.reason.startswith("timeout")),
-                bad_reveals=int(invalid or false),
+                bad_reveals=int(invalid),
             )
-            success = (
-                False if false or invalid or ch.reason.startswith("timeout") else (True if valid else None)
-            )
+            success = False if invalid or ch.reason.startswith("timeout") else (True if valid else None)
             self.reputation.record(ch.node, delta, success, task_id=self.spec.id)
         self.hub.rescore(self.links)
 
