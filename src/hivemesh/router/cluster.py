@@ -11,15 +11,10 @@ What lives where (and why):
   node only by claiming its entry atomically, refuses a hello from a node another live router holds (close 4409,
   naming it), and closes its own link to a node whose entry names another live router (the tie-break after a
   broker outage or restart), so one router checks each node's capacity and in-flight count.
-* **Relaying** (Redis pub/sub, one channel per router, ``relay:<id>``): a task here that draws another router's
-  node sends through a ``RelayLink``; that router checks the node's capacity, signs the assignment as the router
-  the miner dialled, sends it, and relays the miner's (already checked) messages back. A node with no room after
-  all is answered ``busy`` and the task draws the next node.
-* **Task ownership** (Redis, expiring): ``task:<id>`` names the router running a task; the owner renews the leases
-  of every task it runs every ``LEASE_RENEW_S``. A task in the durable record that is not finished, older than a
-  lease, and whose lease has expired (its router died) is taken by whoever sets the key first (``SET NX``) and
-  re-dispatched from its row, exactly as a restarted router re-dispatches its own. So no task runs on two routers
-  at once, and its end and settlement are written once, by its one owner.
+* **Relaying** (``router.relay``): assignments and miner messages between routers, one channel per router.
+* **Task ownership** (``router.task_leases``): one router runs each task, under an expiring lease; a dead
+  router's tasks are taken over after their leases lapse.
+* **Session queues** (``router.session_queues``): one router at a time orders each session's waiting tasks.
 * **Durable record** (PostgreSQL, shared): tasks, sessions, ledger, reputation. Nothing above needs to survive a
   broker restart: presence and loads are re-announced within seconds; leases are renewed by live owners.
 """
@@ -31,20 +26,18 @@ import contextlib
 import json
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import select
 
 from hivemesh.cluster.broker import Broker
 from hivemesh.protocol import wire
 from hivemesh.router.hub import MAX_RECORDED, MinerHub, MinerLink
 from hivemesh.router.links import RelayLink
 from hivemesh.router.presence import Presence, holder_instead
-from hivemesh.store import schema as s
+from hivemesh.router.relay import Relay
+from hivemesh.router.task_leases import LEASE_RENEW_S, TaskLeases
 from hivemesh.store.db import Row, Store
 
 log = logging.getLogger(__name__)
@@ -53,29 +46,6 @@ HEARTBEAT_S = 1.0  # a router renews its heartbeat this often
 HEARTBEAT_TTL_S = 4.0  # ... and is dead to the others once it is this late
 LOAD_S = 0.25  # nodes' load published this often (only what changed)
 RESYNC_S = 5.0  # the whole presence re-read this often
-LEASE_TTL_S = 5.0  # a task's owner must renew its lease within this
-LEASE_RENEW_S = 1.5
-SWEEP_S = 2.0  # how often orphaned tasks (their owner's lease expired) are looked for
-RELAYED_KEEP_S = 900.0  # how long a relayed task's routing is kept here (its owner releases the nodes sooner)
-BUSY = "busy"  # the TaskFailed code of an assignment a node's holder had no room for
-
-
-@dataclass(eq=False)
-class Relayed:
-    """A task another router owns, with nodes connected here: their messages go back to the owner."""
-
-    owner: str
-    task_id: str
-    post: Callable[[str, dict[str, Any]], None]
-    nodes: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # node -> reservations held
-    since: float = field(default_factory=time.monotonic)
-
-    def on_message(self, node: str, msg: wire.FromMiner) -> None:
-        self.post(self.owner, {"op": "msg", "node": node, "msg": msg.model_dump(mode="json")})
-
-    def on_disconnect(self, node: str) -> None:
-        if node in self.nodes:
-            self.post(self.owner, {"op": "gone", "node": node, "task": self.task_id})
 
 
 class Cluster:
@@ -95,33 +65,34 @@ class Cluster:
         self.hub = hub
         self.store = store
         self.me = me
-        self.running = running  # ids of the tasks this router runs now
-        self.recover = (
-            recover  # async (task row) -> None: re-dispatch a task taken over (or end an answered one)
-        )
         self.r = broker.redis
         self.presence = Presence(broker, me)
         # (node, nonce) of our entries for no link here at the last resync: deleted if still there at the next
         self._orphans: set[tuple[str, str]] = set()
-        self._outbox: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self._wake = asyncio.Event()
         self._loads: dict[str, int] = {}  # node -> inflight last published
         self._bg: list[asyncio.Task[None]] = []
-        self.taken_over = 0  # tasks this router took over from a dead one
+        self.relay = Relay(broker, hub, me=me, spawn=self._spawn)
+        self.leases = TaskLeases(broker, store, me=me, running=running, recover=recover, spawn=self._spawn)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self.hub.on_presence = self._presence_changed
         self.hub.claim = self._claim
-        self.broker.subscribe(f"relay:{self.me}", self._on_relay)
+        self.relay.start()
         self.broker.subscribe("presence", self._on_presence)
         self.broker.on_gap.append(lambda: self._spawn(self._resync()))
         await self._beat()
         for link in list(self.hub.links.values()):
             await self._settle(link)
         await self._resync()
-        for loop in (self._beat_loop, self._send_loop, self._load_loop, self._resync_loop, self._lease_loop):
+        for loop in (
+            self._beat_loop,
+            self.relay.send_loop,
+            self._load_loop,
+            self._resync_loop,
+            self._lease_loop,
+        ):
             self._bg.append(asyncio.create_task(loop(), name=f"cluster-{loop.__name__}"))
 
     async def close(self) -> None:
@@ -264,7 +235,7 @@ class Cluster:
                 finished=int(entry.get("finished", 0)),
                 validated=bool(entry.get("validated")),
                 holder=holder,
-                forward=self._forward,
+                forward=self.relay.forward,
                 elsewhere=int(entry.get("inflight", 0)),
                 hardware=_hardware(entry.get("hardware")),
                 version=str(entry.get("version", ""))[:MAX_RECORDED],
@@ -313,7 +284,7 @@ class Cluster:
             stale = [n for n, e in parsed.items() if e["router"] in dead]
             if stale:
                 await self.r.hdel(self.broker.key("nodes"), *stale)
-            self._owners_gone(dead)
+            self.relay.owners_gone(dead)
         # our links' entries: claimed again (a broker restart loses them), or given up to a live holder
         for node, own in list(self.hub.links.items()):
             e = parsed.get(node)
@@ -334,166 +305,23 @@ class Cluster:
         await asyncio.sleep(RESYNC_S)
         await self._forever(RESYNC_S, self._resync)
 
-    # ------------------------------------------------------------------ relaying
-
-    async def _forward(self, holder: str, node: str, msg: wire._Msg) -> bool:
-        """A RelayLink's send: to the router holding ``node``. A released reservation goes the same way."""
-        self._post(holder, {"op": "send", "from": self.me, "node": node, "msg": msg.model_dump(mode="json")})
-        return True
-
-    def release(self, link: RelayLink) -> None:
-        """This router's reservation of another router's node ended (the hub's release)."""
-        if link.refused > 0:  # the holder answered busy: it holds nothing to free
-            link.refused -= 1
-            return
-        self._post(link.holder, {"op": "release", "from": self.me, "node": link.node})
-
-    def _post(self, router: str, payload: dict[str, Any]) -> None:
-        self._outbox[router].append(payload)
-        self._wake.set()
-
-    async def _send_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            box, self._outbox = self._outbox, defaultdict(list)
-            try:
-                pipe = self.r.pipeline(transaction=False)
-                for router, msgs in box.items():
-                    pipe.publish(self.broker.key(f"relay:{router}"), json.dumps(msgs))
-                await pipe.execute()
-            except (RedisError, OSError) as exc:
-                log.warning("relay publish failed error=%s", str(exc)[:200])
-
-    def _on_relay(self, data: bytes) -> None:
-        for ev in json.loads(data):
-            try:
-                self._relay_one(ev)
-            except Exception:
-                log.exception("bad relay message op=%s", ev.get("op"))
-
-    def _relay_one(self, ev: dict[str, Any]) -> None:
-        op = ev["op"]
-        if op == "msg":  # a miner's message for a task of ours, checked by the router holding it
-            msg = wire.decode_from_miner(json.dumps(ev["msg"]))
-            if isinstance(msg, wire.TaskFailed) and msg.code == BUSY:
-                link = self.hub.remote.get(ev["node"])
-                if link is not None:
-                    link.refused += 1  # its holder reserved nothing: the release that follows stays here
-            self.hub.deliver(ev["node"], msg)
-        elif op == "gone":
-            run = self.hub.runs.get(ev["task"])
-            if run is not None:
-                run.on_disconnect(ev["node"])
-        elif op == "send":
-            self._send_to_node(ev["from"], ev["node"], wire.decode_to_miner(json.dumps(ev["msg"])))
-        elif op == "release":
-            self._release_for(ev["from"], ev["node"], None)
-
-    def _send_to_node(self, owner: str, node: str, msg: wire.ToMiner) -> None:
-        task_id = getattr(msg, "task_id", None)
-        link = self.hub.links.get(node)
-        if isinstance(msg, wire.Assign | wire.Verify):
-            assert task_id is not None
-            if link is None or link.closed or self.hub.reserve(node) is None:
-                why = "not connected here" if link is None or link.closed else "no free slot"
-                failed = wire.TaskFailed(task_id=task_id, message=f"node busy: {why}", code=BUSY)
-                self._post(owner, {"op": "msg", "node": node, "msg": failed.model_dump(mode="json")})
-                return
-            relayed = self.hub.relayed.get(task_id)
-            if not isinstance(relayed, Relayed):
-                relayed = Relayed(owner, task_id, self._post)
-                self.hub.relayed[task_id] = relayed
-            relayed.nodes[node] += 1
-        if link is None or link.closed:
-            if task_id is not None:
-                self._post(owner, {"op": "gone", "node": node, "task": task_id})
-            return
-        self._spawn(self._send(link, msg))
-
-    async def _send(self, link: MinerLink, msg: wire._Msg) -> None:
-        await link.send(msg)
-
-    def _release_for(self, owner: str, node: str, task_id: str | None) -> None:
-        """Give back one reservation ``owner`` held on ``node`` (the oldest of its relayed tasks that holds one)."""
-        for tid, relayed in list(self.hub.relayed.items()):
-            if not isinstance(relayed, Relayed) or relayed.owner != owner or relayed.nodes.get(node, 0) < 1:
-                continue
-            if task_id is not None and tid != task_id:
-                continue
-            relayed.nodes[node] -= 1
-            link = self.hub.links.get(node)
-            if link is not None:
-                self.hub.release(link)
-            return
-
-    def _owners_gone(self, dead: set[str]) -> None:
-        """Routers died: cancel what they had running on nodes here and free those slots."""
-        for tid, relayed in list(self.hub.relayed.items()):
-            if not isinstance(relayed, Relayed) or relayed.owner not in dead:
-                continue
-            for node, held in relayed.nodes.items():
-                link = self.hub.links.get(node)
-                if link is None:
-                    continue
-                for _ in range(held):
-                    self.hub.release(link)
-                self._spawn(self._send(link, wire.Cancel(task_id=tid, reason="its router is gone")))
-            del self.hub.relayed[tid]
-
-    def _purge_relayed(self) -> None:
-        cutoff = time.monotonic() - RELAYED_KEEP_S
-        for tid, relayed in list(self.hub.relayed.items()):
-            if isinstance(relayed, Relayed) and relayed.since < cutoff and not any(relayed.nodes.values()):
-                del self.hub.relayed[tid]
-
     # ------------------------------------------------------------------ task ownership
-
-    async def _renew(self) -> None:
-        ids = self.running()
-        if ids:
-            pipe = self.r.pipeline(transaction=False)
-            for tid in ids:
-                pipe.set(self.broker.key("task", tid), self.me, px=int(LEASE_TTL_S * 1000))
-            await pipe.execute()
-        self._purge_relayed()
-
-    async def claim(self, task_id: str) -> bool:
-        """Take the lease of a task (a new one, or one whose owner is gone): True if it is now ours."""
-        key = self.broker.key("task", task_id)
-        if await self.r.set(key, self.me, px=int(LEASE_TTL_S * 1000), nx=True):
-            return True
-        holder = await self.r.get(key)
-        return holder is not None and _text(holder) == self.me
-
-    async def _sweep(self) -> None:
-        """Unfinished tasks whose owner's lease has lapsed: take them over and finish them."""
-        mine = self.running()
-        # a live owner leases each of its tasks within LEASE_RENEW_S of taking it: one younger than a lease plus
-        # that may not have its first lease yet
-        old = time.time() - LEASE_TTL_S - LEASE_RENEW_S
-        answered = select(s.tasks).where(s.tasks.c.phase == "validated")  # answered, never ended
-        for row in [*await self.store.unfinished_tasks(), *await self.store.fetch_all(answered)]:
-            if row["id"] in mine or row["created_at"] > old:
-                continue
-            if not await self.claim(row["id"]):
-                continue
-            self.taken_over += 1
-            log.info("task taken over task_id=%s", row["id"])
-            self._spawn(self._finish_taken(row))
-
-    async def _finish_taken(self, row: Row) -> None:
-        await self.recover(row)
 
     async def _lease_loop(self) -> None:
         async def step() -> None:
-            await self._renew()
-            now = time.monotonic()
-            if now - getattr(self, "_swept", 0.0) >= SWEEP_S:
-                self._swept = now
-                await self._sweep()
+            await self.leases.step()
+            self.relay.purge()
 
         await self._forever(LEASE_RENEW_S, step)
+
+    @property
+    def taken_over(self) -> int:
+        """Tasks this router took over from a dead one."""
+        return self.leases.taken_over
+
+    def release(self, link: RelayLink) -> None:
+        """The hub's release of another router's node: that router frees its slot too."""
+        self.relay.release(link)
 
 
 def _text(raw: bytes | str) -> str:
