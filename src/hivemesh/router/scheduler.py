@@ -5,6 +5,12 @@ the hub's node pool indexes, O(1), never by a scan of the connected miners); the
 hub's capacity accounting guarantees no miner ever holds more concurrent tasks than it advertised. Sessions are
 served round-robin, so one busy session cannot starve another. A task that waits past the queue timeout fails
 with 503; a model no connected miner serves fails at once with 503 too (the model may come back).
+
+In a cluster each session's queue lives on one router at a time, its owner (``router.session_queues``, the
+``gate``): a router that is not the owner forwards its ticket there and waits for the owner's grant, so a session's
+tasks wait in one FIFO whichever router they came through. A ticket queued here for another router (``origin``)
+only holds a place: starting it grants it to that router, which starts it (or answers busy: it goes back to the
+head of its queue for ``HOLD_S``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from hivemesh.errors import NoMinerAvailable
 from hivemesh.router.billing import billed
@@ -25,6 +32,16 @@ from hivemesh.router.pool import PoolClass
 
 log = logging.getLogger(__name__)
 RESYNC_S = 5.0  # how often every node is judged again (scores' rolling windows, validators' verdicts)
+HOLD_S = 0.1  # a session whose head ticket another router just answered busy for waits this long
+
+
+class Gate(Protocol):
+    """Where a session's queue lives in a cluster (``router.session_queues``)."""
+
+    async def elsewhere(self, ticket: Ticket) -> bool:
+        """True once ``ticket`` was queued at another router and started through it (raises as ``enqueue``);
+        False: this router owns the session's queue, queue it here."""
+        ...
 
 
 @dataclass(eq=False)
@@ -33,6 +50,7 @@ class Ticket:
     start: Callable[[], None]  # reserves miners and launches the task run (synchronous: admission is atomic)
     enqueued: float = field(default_factory=time.monotonic)
     started: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    origin: str | None = None  # the router holding the caller, when it is not this one (a place held here)
 
 
 class Scheduler:
@@ -42,6 +60,8 @@ class Scheduler:
         self.queues: OrderedDict[str, deque[Ticket]] = OrderedDict()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self.gate: Gate | None = None  # set in a cluster: the session queues' owners
+        self._held: dict[str, float] = {}  # session id -> monotonic time its queue may dispatch again
         hub.listeners.append(self._wake.set)
 
     @property
@@ -94,6 +114,14 @@ class Scheduler:
             rep = self.hub.reputation
             why = rep.explain_sla(spec.session.sla) if rep is not None else "no eligible miner"
             raise NoMinerAvailable(f"no miner can serve this session now: {why}", retry_after=10)
+        if (
+            self.gate is not None
+            and ticket.origin is None
+            and not spec.network
+            and spec.target is None
+            and await self.gate.elsewhere(ticket)
+        ):
+            return
         sid = ticket.spec.session.id
         if not self.queues.get(sid) and self.ready(ticket.spec):  # fast path: nothing ahead, capacity free
             ticket.start()
@@ -120,7 +148,9 @@ class Scheduler:
                 q = self.queues[sid]
                 while q and (q[0].started.done() or now - q[0].enqueued > self.queue_timeout_s):
                     t = q.popleft()
-                    if not t.started.done():
+                    if t.origin is not None:  # its router times it out and tells its caller
+                        t.started.cancel()
+                    elif not t.started.done():
                         t.started.set_exception(
                             NoMinerAvailable(
                                 f"no miner for {t.spec.model!r} became free within {self.queue_timeout_s:.0f}s",
@@ -130,6 +160,10 @@ class Scheduler:
                 if not q:
                     del self.queues[sid]
                     continue
+                if (held := self._held.get(sid)) is not None:
+                    if held > now:
+                        continue
+                    del self._held[sid]
                 if self.ready(q[0].spec):
                     t = q.popleft()
                     self.queues.move_to_end(sid)  # round-robin: this session goes to the back
@@ -143,3 +177,40 @@ class Scheduler:
                         t.started.set_result(None)
                     progressed = True
                     break
+
+    # ------------------------------------------------------------------ a cluster's session queues (the gate)
+
+    def accept(self, ticket: Ticket) -> None:
+        """Queue a place for a ticket another router holds (this router owns its session's queue)."""
+        self.queues.setdefault(ticket.spec.session.id, deque()).append(ticket)
+        self._wake.set()
+
+    def adopt(self, ticket: Ticket) -> None:
+        """Queue a ticket of ours that waited at another router (its queue is ours now), in arrival order."""
+        q = self.queues.setdefault(ticket.spec.session.id, deque())
+        i = len(q)
+        while i > 0 and q[i - 1].enqueued > ticket.enqueued:
+            i -= 1
+        q.insert(i, ticket)
+        self._wake.set()
+
+    def requeue(self, ticket: Ticket) -> None:
+        """A granted place its router could not start (busy there): back to the head of its queue, held a moment
+        so that the two routers' views of the pool can agree."""
+        ticket.started = asyncio.get_running_loop().create_future()
+        self.queues.setdefault(ticket.spec.session.id, deque()).appendleft(ticket)
+        self.hold(ticket.spec.session.id, HOLD_S)
+
+    def hold(self, session_id: str, seconds: float) -> None:
+        """Dispatch nothing of the session's queue for ``seconds`` (0: let it go again now)."""
+        if seconds <= 0:
+            self._held.pop(session_id, None)
+            self._wake.set()
+            return
+        self._held[session_id] = time.monotonic() + seconds
+        asyncio.get_running_loop().call_later(seconds, self._wake.set)
+
+    def withdraw(self, session_id: str) -> list[Ticket]:
+        """Give up a session's queue (another router owns it now): its tickets, in order."""
+        self._held.pop(session_id, None)
+        return list(self.queues.pop(session_id, ()))

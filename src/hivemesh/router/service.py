@@ -31,6 +31,7 @@ from hivemesh.router.limits import Limiter, LocalLimiter, SharedLimiter
 from hivemesh.router.reputation import Reputation
 from hivemesh.router.runner import StreamEnd, TaskRun
 from hivemesh.router.scheduler import Scheduler, Ticket
+from hivemesh.router.session_queues import SessionQueues, renew_forever
 from hivemesh.router.sessions import Sessions
 from hivemesh.router.token_run import Run, TokenRun
 from hivemesh.store import schema as s
@@ -89,6 +90,7 @@ class RouterService:
             self.observers.append(self._settle)
         # one network over N routers: presence, relaying and task leases on the broker (router/cluster.py)
         self.cluster: Cluster | None = None
+        self.session_queues: SessionQueues | None = None  # in a cluster: one owner per session queue
         if broker is not None:
             self.cluster = Cluster(
                 broker,
@@ -99,6 +101,14 @@ class RouterService:
                 recover=self._recover_one,
             )
             self.hub.on_release_remote = self.cluster.release
+            self.session_queues = SessionQueues(
+                broker,
+                self.cluster.relay,
+                self.scheduler,
+                me=identity.address,
+                spawn=lambda c: self._spawn(c, "sq"),
+            )
+            self.scheduler.gate = self.session_queues
 
     async def start(self) -> None:
         if self.broker is not None:
@@ -111,14 +121,30 @@ class RouterService:
         self.scheduler.start()
         if self.cluster is not None:
             await self.cluster.start()
+        if self.session_queues is not None:
+            self._spawn(renew_forever(self.session_queues), "session-queues")
         self._spawn(self._recover(), "recover")
 
     def _running(self) -> set[str]:
         """Tasks this router owns now: running, queued for miners, or being recovered (their leases renewed)."""
         ids = set(self._drives) | self._recovering
         for q in self.scheduler.queues.values():
-            ids.update(t.spec.id for t in q)
+            ids.update(
+                t.spec.id for t in q if t.origin is None
+            )  # a place held for another router is not ours
+        if self.session_queues is not None:
+            ids.update(self.session_queues.waiting)  # ours, waiting in another router's queue
         return ids
+
+    def queue_depth(self, session_id: str) -> int:
+        """A session's waiting tasks as this router knows them: all of them where its queue is (here on its own,
+        or on the owner in a cluster); elsewhere, those that came through this router."""
+        depth = self.scheduler.depth_of(session_id)
+        if self.session_queues is not None:
+            depth += sum(
+                1 for w in self.session_queues.waiting.values() if w.ticket.spec.session.id == session_id
+            )
+        return depth
 
     async def _announce_session(self, session_id: str) -> None:
         """Tell the other routers of the cluster that a session changed (they drop their cached copy)."""

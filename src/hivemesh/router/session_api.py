@@ -291,7 +291,7 @@ class SessionApi:
     async def get_session(self, request: Request) -> Response:
         principal = await self.api.principal(request)
         spec = await self.service.sessions.get(request.path_params["session_id"], owner=principal.owner)
-        return JSONResponse(to_json(spec) | {"queue_depth": self.service.scheduler.depth_of(spec.id)})
+        return JSONResponse(to_json(spec) | {"queue_depth": self.service.queue_depth(spec.id)})
 
     async def deactivate(self, request: Request) -> Response:
         principal = await self.api.principal(request)

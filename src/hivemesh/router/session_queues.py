@@ -1,0 +1,317 @@
+"""One queue per session in the whole cluster: the router that owns it orders the session's waiting tasks.
+
+A session's tasks may come through any router. Each router queueing them on its own would give a session one FIFO
+per router (tasks overtaking each other, and a session served once per router in the round-robin). So each
+session queue has one owning router at a time, named by an expiring lease on the broker (``sq:<session>``): taken
+by the first router that queues a task of the session (or when the owner's lease lapsed, or its heartbeat did),
+renewed by the owner every ``RENEW_S`` while it has queued the session's tasks in the last ``KEEP_S``, and taken
+over by another router only after it expires or its owner is dead.
+
+The tasks stay where their callers are. A router that does not own the session's queue keeps its ticket and sends
+the owner a place in the queue (``sq.put``) over the relay. The owner queues that place with its own tickets, in
+arrival order; when the place reaches the head and the pool has room, the owner grants it (``sq.grant``) and the
+ticket's router starts the task (its own draw, its own task lease: a task still runs on one router, once) and says
+so (``sq.done``), or answers ``sq.busy`` when its own view of the pool has no room after all (the place goes back
+to the head, held a moment). The waiting router puts its place again every ``PUT_AGAIN_S``: the owner ignores a
+place it already has, and one lost with a message or a restarted owner comes back. When the owner dies (its
+heartbeat lapses), the next put takes the lease, and a router that becomes the owner queues its own waiting
+tickets itself, in arrival order. Every router times out its own tickets (``sq.drop`` frees their places).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hivemesh.cluster.broker import Broker
+from hivemesh.errors import NoMinerAvailable
+from hivemesh.protocol.wire import SamplingParams
+from hivemesh.router.domain import SessionSpec, TaskSpec
+from hivemesh.router.relay import Relay
+from hivemesh.router.scheduler import Scheduler, Ticket
+
+log = logging.getLogger(__name__)
+
+TTL_S = 5.0  # a session queue's lease lives this long unless renewed
+RENEW_S = 1.0  # the owner renews its queues' leases this often
+KEEP_S = 30.0  # ... while it queued one of the session's tasks this recently (later tasks skip the broker)
+PUT_AGAIN_S = 2.0  # a router waiting on another's queue sends its place again this often
+GRANT_WAIT_S = 5.0  # a granted place its router never answered for is forgotten after this
+
+# KEYS[1] the session queue's lease; ARGV: this router, the TTL (ms), the heartbeat key prefix (``router:``).
+# Returns the owner: the live router that holds the lease, or this router once it holds it.
+_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. cur) == 1 then
+  return cur
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+
+
+@dataclass(eq=False)
+class Waiting:
+    """A ticket of ours whose place is in another router's queue."""
+
+    ticket: Ticket
+    owner: str
+    put_at: float = field(default_factory=time.monotonic)
+
+
+class SessionQueues:
+    """This router's side of the cluster's session queues (the scheduler's ``gate``)."""
+
+    def __init__(
+        self, broker: Broker, relay: Relay, scheduler: Scheduler, *, me: str, spawn: Callable[[Any], object]
+    ) -> None:
+        self.broker = broker
+        self.relay = relay
+        self.scheduler = scheduler
+        self.me = me
+        self.spawn = spawn
+        self.queue_timeout_s = scheduler.queue_timeout_s
+        self._acquire = broker.redis.register_script(_ACQUIRE)
+        self.owned: dict[str, float] = {}  # session id -> monotonic time our lease surely lives until
+        self.used: dict[str, float] = {}  # session id -> when we last queued one of its tasks (as owner)
+        self.waiting: dict[str, Waiting] = {}  # task id -> our ticket waiting at another router's queue
+        self.places: dict[str, Ticket] = {}  # task id -> another router's place in one of our queues
+        self.granted: dict[str, tuple[Ticket, float]] = {}  # task id -> a place granted, not yet answered for
+        for op, handler in (
+            ("sq.put", self._on_put),
+            ("sq.grant", self._on_grant),
+            ("sq.done", self._on_done),
+            ("sq.busy", self._on_busy),
+            ("sq.drop", self._on_drop),
+            ("sq.moved", self._on_moved),
+        ):
+            relay.handle(op, handler)
+
+    # ------------------------------------------------------------------ ownership
+
+    async def owner(self, session_id: str) -> str:
+        """The router that owns the session's queue (taking it when it is free, lapsed or its owner is dead)."""
+        now = time.monotonic()
+        if self.owned.get(session_id, 0.0) > now:
+            return self.me
+        holder = await self._acquire(
+            keys=[self.broker.key("sq", session_id)],
+            args=[self.me, int(TTL_S * 1000), self.broker.key("router", "")],
+        )
+        holder = holder.decode() if isinstance(holder, bytes) else str(holder)
+        if holder == self.me:
+            self.owned[session_id] = now + TTL_S - RENEW_S
+        else:
+            self.owned.pop(session_id, None)
+        return holder
+
+    async def renew(self) -> None:
+        """Renew the leases of the queues we hold (and of sessions used lately); a queue another router took
+        (after a broker restart, or a pause longer than the lease) is handed over: our tickets wait there, the
+        other routers' places are sent back to them."""
+        now = time.monotonic()
+        for sid, at in list(self.used.items()):
+            if now - at > KEEP_S and sid not in self.scheduler.queues:
+                del self.used[sid]
+                self.owned.pop(sid, None)
+        sids = sorted(set(self.used) | set(self.scheduler.queues))
+        if sids:
+            pipe = self.broker.redis.pipeline(transaction=False)
+            for sid in sids:
+                await self._acquire(
+                    keys=[self.broker.key("sq", sid)],
+                    args=[self.me, int(TTL_S * 1000), self.broker.key("router", "")],
+                    client=pipe,
+                )
+            holders = await pipe.execute()
+            for sid, raw in zip(sids, holders, strict=True):
+                holder = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if holder == self.me:
+                    self.owned[sid] = now + TTL_S - RENEW_S
+                else:
+                    self.owned.pop(sid, None)
+                    self.used.pop(sid, None)
+                    self._hand_over(sid, holder)
+        for tid, (ticket, at) in list(self.granted.items()):
+            if now - at > GRANT_WAIT_S:  # its router never answered: gone, or the grant was lost
+                del self.granted[tid]
+                self.places.pop(tid, None)
+                ticket.started.cancel()
+                self.scheduler.hold(ticket.spec.session.id, 0.0)
+        for tid, ticket in list(self.places.items()):  # places the scheduler timed out
+            if ticket.started.done() and tid not in self.granted:
+                del self.places[tid]
+        await self._refresh_waiting()
+
+    def _hand_over(self, sid: str, holder: str) -> None:
+        for ticket in self.scheduler.withdraw(sid):
+            if ticket.started.done():
+                continue
+            if ticket.origin is None:
+                self.waiting[ticket.spec.id] = Waiting(ticket, holder, put_at=0.0)  # put at once
+            else:
+                self.places.pop(ticket.spec.id, None)
+                self.relay.post(ticket.origin, {"op": "sq.moved", "task": ticket.spec.id})
+        log.info("session queue moved session_id=%s owner=%s", sid, holder)
+
+    # ------------------------------------------------------------------ a ticket of ours
+
+    async def elsewhere(self, ticket: Ticket) -> bool:
+        """The scheduler's gate: False when this router owns the session's queue (queue the ticket here); else
+        send the owner a place and wait until the ticket started (True), or raise as the scheduler would."""
+        sid = ticket.spec.session.id
+        holder = await self.owner(sid)
+        if holder == self.me:
+            self.used[sid] = time.monotonic()
+            return False
+        w = self.waiting[ticket.spec.id] = Waiting(ticket, holder)
+        self._put(ticket, holder)
+        try:
+            await ticket.started
+        finally:
+            if self.waiting.pop(ticket.spec.id, None) is not None:  # its caller is gone: free the place
+                self.relay.post(w.owner, {"op": "sq.drop", "task": ticket.spec.id})
+        return True
+
+    def _put(self, ticket: Ticket, holder: str) -> None:
+        spec = ticket.spec
+        self.relay.post(
+            holder,
+            {
+                "op": "sq.put",
+                "from": self.me,
+                "task": spec.id,
+                "model": spec.model,
+                "kind": spec.kind,
+                "session": dataclasses.asdict(spec.session),
+                "age": time.monotonic() - ticket.enqueued,
+            },
+        )
+
+    async def _refresh_waiting(self) -> None:
+        """Time out our waiting tickets; put the others again (or queue them here, once their queue is ours)."""
+        now = time.monotonic()
+        for tid, w in list(self.waiting.items()):
+            t = w.ticket
+            if t.started.done():
+                self.waiting.pop(tid, None)
+            elif now - t.enqueued > self.queue_timeout_s:
+                self.waiting.pop(tid, None)
+                self.relay.post(w.owner, {"op": "sq.drop", "task": tid})
+                t.started.set_exception(
+                    NoMinerAvailable(
+                        f"no miner for {t.spec.model!r} became free within {self.queue_timeout_s:.0f}s",
+                        retry_after=2,
+                    )
+                )
+            elif now - w.put_at >= PUT_AGAIN_S:
+                sid = t.spec.session.id
+                holder = await self.owner(sid)
+                if tid not in self.waiting or t.started.done():
+                    continue
+                if holder == self.me:  # its owner is gone: the queue is ours, and so is the ticket's place
+                    del self.waiting[tid]
+                    self.used[sid] = now
+                    self.scheduler.adopt(t)
+                    continue
+                w.owner, w.put_at = holder, now
+                self._put(t, holder)
+
+    def _on_grant(self, ev: dict[str, Any]) -> None:
+        tid = str(ev["task"])
+        w = self.waiting.get(tid)
+        if w is None or w.ticket.started.done():
+            self.relay.post(str(ev["from"]), {"op": "sq.done", "task": tid})
+            return
+        t = w.ticket
+        if not self.scheduler.ready(t.spec):
+            self.relay.post(str(ev["from"]), {"op": "sq.busy", "task": tid})
+            return
+        del self.waiting[tid]
+        try:
+            t.start()
+        except Exception as exc:
+            t.started.set_exception(exc)
+        else:
+            t.started.set_result(None)
+        self.relay.post(str(ev["from"]), {"op": "sq.done", "task": tid})
+
+    def _on_moved(self, ev: dict[str, Any]) -> None:
+        w = self.waiting.get(str(ev["task"]))
+        if w is not None:
+            w.put_at = 0.0  # ask the broker who owns the queue now, at the next refresh
+
+    # ------------------------------------------------------------------ other routers' places in our queues
+
+    def _on_put(self, ev: dict[str, Any]) -> None:
+        tid = str(ev["task"])
+        if tid in self.places:
+            return
+        self.spawn(self._accept(ev))
+
+    async def _accept(self, ev: dict[str, Any]) -> None:
+        tid, origin = str(ev["task"]), str(ev["from"])
+        session = SessionSpec(**ev["session"])
+        holder = await self.owner(session.id)
+        if holder != self.me:
+            self.relay.post(origin, {"op": "sq.moved", "task": tid})
+            return
+        if tid in self.places:
+            return
+        self.used[session.id] = time.monotonic()
+        spec = TaskSpec(
+            id=tid, session=session, model=str(ev["model"]), kind=ev["kind"], params=SamplingParams()
+        )
+        ticket = Ticket(
+            spec,
+            start=lambda: self._grant(tid, origin),
+            enqueued=time.monotonic() - max(0.0, float(ev.get("age", 0.0))),
+            origin=origin,
+        )
+        self.places[tid] = ticket
+        self.scheduler.accept(ticket)
+
+    def _grant(self, tid: str, origin: str) -> None:
+        """The scheduler starts a place: its router is told to start the task. The session's queue waits for the
+        answer (one grant in flight per session), so its tasks start in order and the pool's room is not granted
+        twice before the first task's reservations show."""
+        ticket = self.places.get(tid)
+        if ticket is not None:
+            self.granted[tid] = (ticket, time.monotonic())
+            self.scheduler.hold(ticket.spec.session.id, GRANT_WAIT_S)
+        self.relay.post(origin, {"op": "sq.grant", "from": self.me, "task": tid})
+
+    def _on_done(self, ev: dict[str, Any]) -> None:
+        tid = str(ev["task"])
+        granted = self.granted.pop(tid, None)
+        self.places.pop(tid, None)
+        if granted is not None:
+            self.scheduler.hold(granted[0].spec.session.id, 0.0)
+
+    def _on_busy(self, ev: dict[str, Any]) -> None:
+        granted = self.granted.pop(str(ev["task"]), None)
+        if granted is not None:
+            self.scheduler.requeue(granted[0])
+
+    def _on_drop(self, ev: dict[str, Any]) -> None:
+        tid = str(ev["task"])
+        granted = self.granted.pop(tid, None)
+        if granted is not None:
+            self.scheduler.hold(granted[0].spec.session.id, 0.0)
+        ticket = self.places.pop(tid, None)
+        if ticket is not None and not ticket.started.done():
+            ticket.started.cancel()  # the scheduler drops it when it reaches the head
+
+
+async def renew_forever(queues: SessionQueues) -> None:
+    while True:
+        try:
+            await queues.renew()
+        except Exception as exc:  # the broker away: the leases lapse, and are taken again when it is back
+            log.warning("session queues not renewed error=%s", str(exc)[:200])
+        await asyncio.sleep(RENEW_S)
