@@ -43,6 +43,10 @@ class Gate(Protocol):
         False: this router owns the session's queue, queue it here."""
         ...
 
+    def changed(self, session_id: str) -> None:
+        """The session's queue here became empty, or not."""
+        ...
+
 
 @dataclass(eq=False)
 class Ticket:
@@ -126,7 +130,7 @@ class Scheduler:
         if not self.queues.get(sid) and self.ready(ticket.spec):  # fast path: nothing ahead, capacity free
             ticket.start()
             return
-        self.queues.setdefault(sid, deque()).append(ticket)
+        self._queue(sid).append(ticket)
         self._wake.set()
         await ticket.started
 
@@ -158,7 +162,7 @@ class Scheduler:
                             )
                         )
                 if not q:
-                    del self.queues[sid]
+                    self._drop(sid)
                     continue
                 if (held := self._held.get(sid)) is not None:
                     if held > now:
@@ -168,7 +172,7 @@ class Scheduler:
                     t = q.popleft()
                     self.queues.move_to_end(sid)  # round-robin: this session goes to the back
                     if not q:
-                        del self.queues[sid]
+                        self._drop(sid)
                     try:
                         t.start()
                     except Exception as exc:
@@ -182,12 +186,12 @@ class Scheduler:
 
     def accept(self, ticket: Ticket) -> None:
         """Queue a place for a ticket another router holds (this router owns its session's queue)."""
-        self.queues.setdefault(ticket.spec.session.id, deque()).append(ticket)
+        self._queue(ticket.spec.session.id).append(ticket)
         self._wake.set()
 
     def adopt(self, ticket: Ticket) -> None:
         """Queue a ticket of ours that waited at another router (its queue is ours now), in arrival order."""
-        q = self.queues.setdefault(ticket.spec.session.id, deque())
+        q = self._queue(ticket.spec.session.id)
         i = len(q)
         while i > 0 and q[i - 1].enqueued > ticket.enqueued:
             i -= 1
@@ -198,7 +202,7 @@ class Scheduler:
         """A granted place its router could not start (busy there): back to the head of its queue, held a moment
         so that the two routers' views of the pool can agree."""
         ticket.started = asyncio.get_running_loop().create_future()
-        self.queues.setdefault(ticket.spec.session.id, deque()).appendleft(ticket)
+        self._queue(ticket.spec.session.id).appendleft(ticket)
         self.hold(ticket.spec.session.id, HOLD_S)
 
     def hold(self, session_id: str, seconds: float) -> None:
@@ -214,3 +218,17 @@ class Scheduler:
         """Give up a session's queue (another router owns it now): its tickets, in order."""
         self._held.pop(session_id, None)
         return list(self.queues.pop(session_id, ()))
+
+    def _queue(self, session_id: str) -> deque[Ticket]:
+        """The session's queue, made when it has none (the gate hears that tasks wait now)."""
+        q = self.queues.get(session_id)
+        if q is None:
+            q = self.queues[session_id] = deque()
+            if self.gate is not None:
+                self.gate.changed(session_id)
+        return q
+
+    def _drop(self, session_id: str) -> None:
+        del self.queues[session_id]
+        if self.gate is not None:
+            self.gate.changed(session_id)

@@ -7,8 +7,9 @@ by the first router that queues a task of the session (or when the owner's lease
 renewed by the owner every ``RENEW_S`` while it has queued the session's tasks in the last ``KEEP_S``, and taken
 over by another router only after it expires or its owner is dead.
 
-The tasks stay where their callers are. A router that does not own the session's queue keeps its ticket and sends
-the owner a place in the queue (``sq.put``) over the relay. The owner queues that place with its own tickets, in
+The tasks stay where their callers are. A router that does not own the session's queue keeps its ticket. While
+nothing of the session waits at the owner (the owner's flag ``sqw:<session>``, read with the lease) and the pool
+has room, it starts the task at once; otherwise it sends the owner a place in the queue (``sq.put``) over the relay. The owner queues that place with its own tickets, in
 arrival order; when the place reaches the head and the pool has room, the owner grants it (``sq.grant``) and the
 ticket's router starts the task (its own draw, its own task lease: a task still runs on one router, once) and says
 so (``sq.done``), or answers ``sq.busy`` when its own view of the pool has no room after all (the place goes back
@@ -43,15 +44,16 @@ KEEP_S = 30.0  # ... while it queued one of the session's tasks this recently (l
 PUT_AGAIN_S = 2.0  # a router waiting on another's queue sends its place again this often
 GRANT_WAIT_S = 5.0  # a granted place its router never answered for is forgotten after this
 
-# KEYS[1] the session queue's lease; ARGV: this router, the TTL (ms), the heartbeat key prefix (``router:``).
-# Returns the owner: the live router that holds the lease, or this router once it holds it.
+# KEYS[1] the session queue's lease, KEYS[2] its "tasks wait" flag; ARGV: this router, the TTL (ms), the heartbeat
+# key prefix (``router:``). Returns {owner, flag}: the live router that holds the lease, or this router once it
+# holds it; and 1 while the owner has tasks of the session waiting.
 _ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. cur) == 1 then
-  return cur
+  return {cur, redis.call('EXISTS', KEYS[2])}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return ARGV[1]
+return {ARGV[1], redis.call('EXISTS', KEYS[2])}
 """
 
 
@@ -80,6 +82,10 @@ class SessionQueues:
         self.owned: dict[str, float] = {}  # session id -> monotonic time our lease surely lives until
         self.used: dict[str, float] = {}  # session id -> when we last queued one of its tasks (as owner)
         self.waiting: dict[str, Waiting] = {}  # task id -> our ticket waiting at another router's queue
+        self._dirty: set[str] = (
+            set()
+        )  # sessions whose queue here became empty or not since the flags were written
+        self._flag_wake = asyncio.Event()
         self.places: dict[str, Ticket] = {}  # task id -> another router's place in one of our queues
         self.granted: dict[str, tuple[Ticket, float]] = {}  # task id -> a place granted, not yet answered for
         for op, handler in (
@@ -94,21 +100,57 @@ class SessionQueues:
 
     # ------------------------------------------------------------------ ownership
 
+    def _keys(self, session_id: str) -> list[str]:
+        return [self.broker.key("sq", session_id), self.broker.key("sqw", session_id)]
+
     async def owner(self, session_id: str) -> str:
         """The router that owns the session's queue (taking it when it is free, lapsed or its owner is dead)."""
+        return (await self._owner(session_id))[0]
+
+    async def _owner(self, session_id: str) -> tuple[str, bool]:
+        """The owner, and whether tasks wait in its queue (False for ours: we know better than the flag)."""
         now = time.monotonic()
         if self.owned.get(session_id, 0.0) > now:
-            return self.me
-        holder = await self._acquire(
-            keys=[self.broker.key("sq", session_id)],
-            args=[self.me, int(TTL_S * 1000), self.broker.key("router", "")],
+            return self.me, False
+        raw = await self._acquire(
+            keys=self._keys(session_id), args=[self.me, int(TTL_S * 1000), self.broker.key("router", "")]
         )
-        holder = holder.decode() if isinstance(holder, bytes) else str(holder)
+        holder, waits = _text(raw[0]), bool(int(raw[1]))
         if holder == self.me:
             self.owned[session_id] = now + TTL_S - RENEW_S
         else:
             self.owned.pop(session_id, None)
-        return holder
+        return holder, waits
+
+    def changed(self, session_id: str) -> None:
+        """The scheduler's queue of the session became empty or not: the flag other routers read follows."""
+        self._dirty.add(session_id)
+        self._flag_wake.set()
+
+    async def flag_loop(self) -> None:
+        """Write the "tasks wait" flags of our queues as they change (the latest state of each, in one pipeline)."""
+        while True:
+            await self._flag_wake.wait()
+            self._flag_wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            try:
+                await self._write_flags(dirty)
+            except Exception as exc:  # the flag is a hint: a stale one costs a round trip, or one FIFO slip
+                log.warning("session queue flags not written error=%s", str(exc)[:200])
+
+    async def _write_flags(self, sids: set[str]) -> None:
+        if not sids:
+            return
+        pipe = self.broker.redis.pipeline(transaction=False)
+        for sid in sids:
+            if sid not in self.owned:  # the flag is its owner's to write
+                continue
+            key = self.broker.key("sqw", sid)
+            if self.scheduler.queues.get(sid):
+                pipe.set(key, "1", px=int(TTL_S * 1000))
+            else:
+                pipe.delete(key)
+        await pipe.execute()
 
     async def renew(self) -> None:
         """Renew the leases of the queues we hold (and of sessions used lately); a queue another router took
@@ -124,19 +166,23 @@ class SessionQueues:
             pipe = self.broker.redis.pipeline(transaction=False)
             for sid in sids:
                 await self._acquire(
-                    keys=[self.broker.key("sq", sid)],
+                    keys=self._keys(sid),
                     args=[self.me, int(TTL_S * 1000), self.broker.key("router", "")],
                     client=pipe,
                 )
-            holders = await pipe.execute()
-            for sid, raw in zip(sids, holders, strict=True):
-                holder = raw.decode() if isinstance(raw, bytes) else str(raw)
+            answers = await pipe.execute()
+            for sid, raw in zip(sids, answers, strict=True):
+                holder = _text(raw[0])
                 if holder == self.me:
                     self.owned[sid] = now + TTL_S - RENEW_S
                 else:
                     self.owned.pop(sid, None)
                     self.used.pop(sid, None)
                     self._hand_over(sid, holder)
+        self._dirty.update(
+            self.scheduler.queues
+        )  # the flags of queues with tasks waiting live as long as a lease
+        self._flag_wake.set()
         for tid, (ticket, at) in list(self.granted.items()):
             if now - at > GRANT_WAIT_S:  # its router never answered: gone, or the grant was lost
                 del self.granted[tid]
@@ -165,10 +211,13 @@ class SessionQueues:
         """The scheduler's gate: False when this router owns the session's queue (queue the ticket here); else
         send the owner a place and wait until the ticket started (True), or raise as the scheduler would."""
         sid = ticket.spec.session.id
-        holder = await self.owner(sid)
+        holder, waits = await self._owner(sid)
         if holder == self.me:
             self.used[sid] = time.monotonic()
             return False
+        if not waits and self.scheduler.ready(ticket.spec):  # nothing waits there and the pool has room here
+            ticket.start()
+            return True
         w = self.waiting[ticket.spec.id] = Waiting(ticket, holder)
         self._put(ticket, holder)
         try:
@@ -309,9 +358,21 @@ class SessionQueues:
 
 
 async def renew_forever(queues: SessionQueues) -> None:
+    flags = asyncio.create_task(queues.flag_loop(), name="session-queue-flags")
+    try:
+        await _renew_loop(queues)
+    finally:
+        flags.cancel()
+
+
+async def _renew_loop(queues: SessionQueues) -> None:
     while True:
         try:
             await queues.renew()
         except Exception as exc:  # the broker away: the leases lapse, and are taken again when it is back
             log.warning("session queues not renewed error=%s", str(exc)[:200])
         await asyncio.sleep(RENEW_S)
+
+
+def _text(raw: bytes | str | int) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)

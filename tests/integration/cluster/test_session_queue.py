@@ -83,6 +83,7 @@ def test_a_sessions_tasks_wait_in_one_fifo_whichever_router_they_came_through(
     calls = Calls()
     calls.start("busy", a, key=OTHER_KEY, max_tokens=8)
     _until(lambda: any(link.inflight for link in a.service.hub.links.values()))
+    _until(lambda: any(link.elsewhere for link in b.service.hub.remote.values()))  # b sees the slot taken
     for name, net in (("2", b), ("3", a), ("4", b), ("5", a)):
         calls.start(name, net)
         time.sleep(0.1)
