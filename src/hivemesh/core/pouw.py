@@ -301,11 +301,13 @@ class TokenPoUW:
                     Note("slot_failed", gen.node, {"reason": event.reason}),
                     FailTask(event.reason, CONTEXT),
                 ]
+            # a relayed node whose router had no room (``wire.BUSY``): it did nothing, and may take a role later
+            reason = wire.BUSY if event.code == wire.BUSY else event.reason
             if gen is not None:
-                return self._gen_failed(gen, event.reason, strike=None, now=event.now)
+                return self._gen_failed(gen, reason, strike=None, now=event.now)
             chk = self._check(event.node)
             if chk is not None:
-                return self._check_failed(chk, event.reason, strike=None, now=event.now)
+                return self._check_failed(chk, reason, strike=None, now=event.now)
             return []
         if gen is None:
             return [
@@ -344,9 +346,11 @@ class TokenPoUW:
     def _exclude(self, role: Role) -> frozenset[str]:
         """Who may not take ``role`` now: a generator never verifies (its own or a later claim), a claim's
         verifiers are distinct, a struck node takes no further role; a past verifier may regenerate."""
-        out = {g.node for g in self.generators} | self.barred
+        out = {g.node for g in self.generators if g.reason != wire.BUSY} | self.barred
         if role == "verifier":
-            out |= {c.node for c in self.checks if c.attempt == len(self.generators) - 1}
+            out |= {
+                c.node for c in self.checks if c.attempt == len(self.generators) - 1 and c.reason != wire.BUSY
+            }
         return frozenset(out)
 
     def _drawn(self, ev: Drawn) -> list[Effect]:

@@ -251,6 +251,9 @@ class Commit(_Msg):
     sig: str = ""
 
 
+BUSY = "busy"  # TaskFailed.code from a router holding a relayed node that had no room: not the miner's doing
+
+
 class TaskFailed(_Msg):
     type: Literal["task_failed"] = "task_failed"
     task_id: Id

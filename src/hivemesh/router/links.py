@@ -9,7 +9,9 @@ knows to check.
 
 * ``MinerLink`` (``router.hub``): the node's WebSocket to this router.
 * ``RelayLink``: a node connected to another router of the cluster; messages go through the broker to that
-  router, which signs and sends them (``router.cluster``).
+  router, which signs and sends them (``router.relay``). A node found with no free slot there after all (the
+  views of another router's load are a moment behind) is answered with a ``TaskFailed`` of code ``wire.BUSY``: not the
+  miner's doing; the task tries the node again later.
 * ``MemoryLink``: in memory, for tests and the benchmark's swarm: messages go to a callback, and the "miner" answers
   through ``MinerHub.receive`` exactly as a socket would, so the scheduler and the task state machine run without
   a socket.

@@ -31,7 +31,6 @@ from hivemesh.router.links import RelayLink
 log = logging.getLogger(__name__)
 
 RELAYED_KEEP_S = 900.0  # how long a relayed task's routing is kept here (its owner releases the nodes sooner)
-BUSY = "busy"  # the TaskFailed code of an assignment a node's holder had no room for
 
 
 @dataclass(eq=False)
@@ -111,7 +110,7 @@ class Relay:
         op = ev["op"]
         if op == "msg":  # a miner's message for a task of ours, checked by the router holding it
             msg = wire.decode_from_miner(json.dumps(ev["msg"]))
-            if isinstance(msg, wire.TaskFailed) and msg.code == BUSY:
+            if isinstance(msg, wire.TaskFailed) and msg.code == wire.BUSY:
                 link = self.hub.remote.get(ev["node"])
                 if link is not None:
                     link.refused += 1  # its holder reserved nothing: the release that follows stays here
@@ -136,7 +135,7 @@ class Relay:
             assert task_id is not None
             if link is None or link.closed or self.hub.reserve(node) is None:
                 why = "not connected here" if link is None or link.closed else "no free slot"
-                failed = wire.TaskFailed(task_id=task_id, message=f"node busy: {why}", code=BUSY)
+                failed = wire.TaskFailed(task_id=task_id, message=f"node busy: {why}", code=wire.BUSY)
                 self.post(owner, {"op": "msg", "node": node, "msg": failed.model_dump(mode="json")})
                 return
             relayed = self.hub.relayed.get(task_id)

@@ -29,7 +29,7 @@ from hivemesh.core.reputation import Counters
 from hivemesh.errors import ContextTooLong, HivemeshError, NoMinerAvailable, UpstreamFailed
 from hivemesh.identity import Identity
 from hivemesh.protocol import wire
-from hivemesh.protocol.wire import NodeId
+from hivemesh.protocol.wire import BUSY, NodeId
 from hivemesh.router.billing import billed
 from hivemesh.router.domain import Outcome, TaskSpec, Verdict
 from hivemesh.router.hub import MinerHub, MinerLink
@@ -43,6 +43,8 @@ PENDING = ("assigned", "acked", "precommitted", "revealing")
 REVEAL_GRACE_MIN_S = (
     0.25  # after a quorum has precommitted, the others get at least this long to precommit too
 )
+BUSY_RETRY_S = 0.2  # a relayed node whose holder had no room is asked again this often ...
+BUSY_WAIT_S = 30.0  # ... for at most this long while the task has fewer miners than it needs
 REVEAL_GRACE_SHARE = 0.5  # ... or this share of the time the quorum took, if longer
 
 
@@ -127,6 +129,9 @@ class TaskRun:
         self.final: Outcome | None = None  # the outcome as recorded once every miner is classified
         self.error: HivemeshError | None = None  # why the task failed, if it did
         self.started = time.monotonic()
+        # nodes another router held with no room when our assignment reached them (monotonic time they said so)
+        self._busy: dict[str, float] = {}
+        self._busy_since: float | None = None
 
     # ------------------------------------------------------------------ hub callbacks
 
@@ -145,8 +150,11 @@ class TaskRun:
             self._row_timer = asyncio.get_running_loop().call_later(ROW_DELAY_S, self.record.flush)
         try:
             await self._start()
-            while self._pending():
-                wake = min(sl.deadline for sl in self.slots.values() if sl.status in PENDING)
+            while self._pending() or self._waiting_busy():
+                wake = min(
+                    [sl.deadline for sl in self.slots.values() if sl.status in PENDING]
+                    + [t + BUSY_RETRY_S for t in self._busy.values()]
+                )
                 if self.reveal_at is not None and not self.reveal_asked:
                     wake = min(wake, self.reveal_at)
                 timeout = wake - time.monotonic()
@@ -199,13 +207,25 @@ class TaskRun:
     def _reserve_next(self) -> Slot | None:
         for node in self.draw:  # the seeded shuffle, read as far as needed
             link = self.hub.reserve(node)
-            if link is None:
+            if link is not None:
+                return self._slot(node, link)
+        now = time.monotonic()
+        for busy, at in list(self._busy.items()):  # relayed nodes found busy: asked again now and then
+            if now - at < BUSY_RETRY_S:
                 continue
-            slot = Slot(node=node, link=link, index=len(self.slots))
-            slot.deadline = slot.assigned_at + self.spec.session.ack_timeout_s
-            self.slots[node] = slot
-            return slot
+            link = self.hub.reserve(busy)
+            if link is None:
+                self._busy[busy] = now  # no room in our view either: later
+                continue
+            del self._busy[busy]
+            return self._slot(busy, link)
         return None
+
+    def _slot(self, node: str, link: MinerLink) -> Slot:
+        slot = Slot(node=node, link=link, index=len(self.slots))
+        slot.deadline = slot.assigned_at + self.spec.session.ack_timeout_s
+        self.slots[node] = slot
+        return slot
 
     async def _assign_next(self) -> bool:
         while (slot := self._reserve_next()) is not None:
@@ -292,6 +312,12 @@ class TaskRun:
             self.record.event("precommitted", node, digest=slot.digest)
         elif isinstance(msg, wire.Commit):
             await self._on_commit(slot, msg)
+        elif isinstance(msg, wire.TaskFailed) and msg.code == BUSY and slot.status == "assigned":
+            # its holder had no room after all (our view of its load was behind): not the miner's doing
+            self._fail_slot(slot, BUSY)
+            self._busy[node] = time.monotonic()
+            if self._busy_since is None:
+                self._busy_since = self._busy[node]
         elif isinstance(msg, wire.TaskFailed):
             self._fail_slot(slot, f"miner_error: {msg.message[:200]}")
             if msg.code == ContextTooLong.code:  # deterministic: every miner would refuse it the same way
@@ -489,9 +515,22 @@ class TaskRun:
     def _pending(self) -> bool:
         return any(sl.status in PENDING for sl in self.slots.values())
 
+    def _waiting_busy(self) -> bool:
+        """Fewer miners than the task needs, and a relayed node that was busy may have room again soon."""
+        if not self._busy or self.answer.done() or self._busy_since is None:
+            return False
+        if time.monotonic() - self._busy_since > BUSY_WAIT_S:
+            return False
+        live = sum(1 for sl in self.slots.values() if sl.status in PENDING or sl.status == "committed")
+        return live < self.k
+
     async def _finish(self) -> None:
         if not self.reveals:
             reasons = sorted({sl.reason or "?" for sl in self.slots.values()})
+            if reasons == [BUSY]:
+                raise NoMinerAvailable(
+                    f"every miner for {self.spec.model!r} stayed busy for {BUSY_WAIT_S:.0f}s", retry_after=2
+                )
             raise UpstreamFailed(f"no miner completed the task ({', '.join(reasons)})")
         if not self.answer.done() and self._ready is None:
             await self._deliver(self._decide())
@@ -546,8 +585,8 @@ class TaskRun:
             return
         none_mode = none_mode or self.spec.network  # a validator's task: its verdict comes with the report
         for sl in self.slots.values():
-            if sl.status in PENDING:
-                continue  # cancelled by the router, not the miner's doing
+            if sl.status in PENDING or sl.reason == BUSY:
+                continue  # cancelled by the router, or refused by a busy holder: not the miner's doing
             c = sl.commit
             bad = sl.reason in ("bad_reveal", "stream_mismatch")
             timeout = (sl.reason or "").startswith("timeout")

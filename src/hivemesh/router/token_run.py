@@ -40,6 +40,7 @@ from hivemesh.store.db import Store
 log = logging.getLogger(__name__)
 
 VERIFIER_WAIT_S = 0.05  # how often a verifier draw that found every verifier busy is tried again
+BUSY_RETRY_S = 0.2  # a relayed node whose router answered busy is not drawn again for this long
 VERIFIER_QUEUE_S = 30.0  # how long a claim waits for a busy verifier before it is delivered unverified
 
 
@@ -107,6 +108,10 @@ class TokenRun:
         self._effects: list[pouw.Effect] = []
         self._draw_retry: pouw.Draw | None = None
         self._draw_since = 0.0
+        self._draw_role: pouw.Role = "verifier"  # the role of the waiting draw that was last answered
+        self._cooling: dict[
+            str, float
+        ] = {}  # relayed node -> when its router answered busy (skipped a while)
         self.struck: dict[str, str] = {}  # node -> the last strike this task gave it
         self._row_timer: asyncio.TimerHandle | None = None
         self._index = 0
@@ -127,6 +132,9 @@ class TokenRun:
         elif isinstance(msg, wire.Evidence):
             self.events.put_nowait(pouw.EvidenceIn(node, msg, now))
         elif isinstance(msg, wire.TaskFailed):
+            if msg.code == wire.BUSY:  # its router had no room: asked again after a while, not struck
+                self._cooling[node] = now
+                self._busy[NodeId(node)] = None
             self.events.put_nowait(pouw.Failed(node, f"miner_error: {msg.message[:200]}", now, code=msg.code))
 
     def on_disconnect(self, node: str) -> None:
@@ -222,12 +230,21 @@ class TokenRun:
                 more = len(members) > sum(1 for n in d.exclude if n in members)  # eligible, maybe busy
                 order = self._same_numerics_first(order)
         got: list[str] = []
+        cooling = False  # a node skipped for now: its router answered busy a moment ago
+        now = time.monotonic()
         while len(got) < d.count:  # read no further than needed: the shuffle is read once, for every redraw
             node = next(order, None)
             if node is None:
                 break
             if node in d.exclude:
                 continue
+            if (at := self._cooling.get(node)) is not None:
+                if now - at < BUSY_RETRY_S:
+                    cooling = True
+                    if d.role == "generator":
+                        self._busy[node] = None
+                    continue
+                del self._cooling[node]
             # a node this task already holds (a verifier whose check is over) may take the next role without
             # queueing for itself: with few miners the honest regeneration would otherwise find none free
             link = self.reserved.get(node) or self.hub.reserve(node)
@@ -239,8 +256,8 @@ class TokenRun:
                 self._busy[node] = None  # busy now: a later regeneration asks it again
         if d.role == "generator":
             self.record.task(**self._draw_record())
-        if not got and d.role == "verifier" and more and self._draw_retry is None:
-            return None
+        if not got and self._draw_retry is None and (cooling or (d.role == "verifier" and more)):
+            return None  # wait for room (a generator only for a node whose router answered busy)
         return got
 
     def _numerics(self, node: str) -> str:
@@ -335,7 +352,7 @@ class TokenRun:
             self.hub.runs.pop(self.spec.id, None)
 
     def _take_waiting(self) -> tuple[str, ...] | None:
-        """Try the waiting verifier draw again: the nodes it reserved, or None while every verifier is busy."""
+        """Try the waiting draw again: the nodes it reserved, or None while every candidate is busy."""
         d, self._draw_retry = self._draw_retry, None
         if d is None:
             self._unlisten()
@@ -345,13 +362,14 @@ class TokenRun:
             self._draw_retry = d
             return None
         self._unlisten()
+        self._draw_role = d.role
         return tuple(nodes)
 
     def _capacity_freed(self) -> None:
         """A hub listener while a verifier draw waits: capacity may be free; take it before the scheduler can
         give it to a new task, and hand the draw to the run as an event."""
         if (nodes := self._take_waiting()) is not None:
-            self.events.put_nowait(self._drawn("verifier", nodes))
+            self.events.put_nowait(self._drawn(self._draw_role, nodes))
 
     def _unlisten(self) -> None:
         with contextlib.suppress(ValueError):
@@ -359,6 +377,7 @@ class TokenRun:
 
     def _retry_draw(self) -> bool:
         """The run loop's turn at the waiting draw: True when the machine was told (drawn, or given up on)."""
+        role = self._draw_retry.role if self._draw_retry is not None else "verifier"
         nodes = self._take_waiting()
         if nodes is None:
             if time.monotonic() - self._draw_since <= min(
@@ -368,7 +387,7 @@ class TokenRun:
             self._draw_retry = None  # waited long enough: the machine decides on what it has
             self._unlisten()
             nodes = ()
-        self._effects += self.machine.apply(self._drawn("verifier", nodes))
+        self._effects += self.machine.apply(self._drawn(role, nodes))
         return True
 
     def _free(self, node: str) -> None:
@@ -549,8 +568,8 @@ class TokenRun:
             return
         verified = outcome is not None and outcome.verdict == "verified"
         for g in self.machine.generators:
-            if g.status in pouw.PENDING_GEN:
-                continue  # cancelled by the router, not the miner's doing
+            if g.status in pouw.PENDING_GEN or g.reason == wire.BUSY:
+                continue  # cancelled by the router, or refused by a busy holder: not the miner's doing
             c = g.commit
             won = verified and outcome is not None and g.node == outcome.answered_by
             fraud = g.status == "rejected" and any(f.get("generator") == g.node for f in self.machine.fraud)
@@ -571,7 +590,7 @@ class TokenRun:
             success = True if won else (False if bad or g.reason.startswith("timeout") else None)
             self.reputation.record(g.node, delta, success, task_id=self.spec.id)
         for ch in self.machine.checks:
-            if ch.status == "asked":
+            if ch.status == "asked" or ch.reason == wire.BUSY:
                 continue
             valid = ch.verdict is not None
             invalid = self.struck.get(ch.node) == "invalid_evidence"

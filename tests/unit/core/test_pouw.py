@@ -241,6 +241,25 @@ def test_a_disconnected_generator_is_replaced_without_a_strike() -> None:
     assert not of(eff, Strike) and of(eff, Draw)
 
 
+def test_a_node_whose_router_was_busy_may_be_drawn_again_in_either_role() -> None:
+    """A relayed node that had no room (``wire.BUSY``) did nothing: no strike, and unlike a node that failed, it
+    is not excluded from the redraw (with few miners it is the one the task must wait for)."""
+    m = TokenPoUW("t1", POLICY)
+    m.start()
+    m.apply(Drawn("generator", ("G",), 0.0))
+    eff = m.apply(Failed("G", "miner_error: node busy", 0.1, code=wire.BUSY))
+    assert not of(eff, Strike) and of(eff, Draw) == [Draw("generator", 1, frozenset())]
+    assert m.apply(Failed("G", "disconnected", 0.1)) == []  # that slot is over
+    eff = generated(m, "G")
+    assert of(eff, Draw) == [Draw("verifier", 1, frozenset({"G"}))]
+    m.apply(Drawn("verifier", ("V",), 0.4))
+    eff = m.apply(Failed("V", "miner_error: node busy", 0.5, code=wire.BUSY))
+    assert not of(eff, Strike) and of(eff, Draw) == [Draw("verifier", 1, frozenset({"G"}))]
+    m.apply(Drawn("verifier", ("V",), 0.6))
+    (d,) = of(m.apply(EvidenceIn("V", evidence("V"), 0.7)), Deliver)
+    assert d.verdict == "verified" and d.verifiers == ("V",)
+
+
 def test_no_generator_left_fails_the_task() -> None:
     m = TokenPoUW("t1", POLICY)
     m.start()
