@@ -28,7 +28,7 @@ from hivemesh.router.cluster import Cluster
 from hivemesh.router.domain import TaskSpec
 from hivemesh.router.hub import MinerHub
 from hivemesh.router.limits import Limiter, LocalLimiter, SharedLimiter
-from hivemesh.router.reputation import Reputation
+from hivemesh.router.reputation import STANDALONE_REFRESH_S, Reputation
 from hivemesh.router.runner import StreamEnd, TaskRun
 from hivemesh.router.scheduler import Scheduler, Ticket
 from hivemesh.router.session_queues import SessionQueues, renew_forever
@@ -67,7 +67,7 @@ class RouterService:
         if self.billing is not None:
             self.hub.on_strike = self._on_strike
             self.hub.admit = self._admit
-        self.reputation = Reputation(store)
+        self.reputation = Reputation(store, refresh_s=5.0 if broker is not None else STANDALONE_REFRESH_S)
         self.hub.reputation = self.reputation
         self.reputation.on_refresh = self.hub.rescore  # other routers' work moves the node pool's indexes too
         self.scheduler = Scheduler(self.hub, queue_timeout_s=config.queue_timeout_s)
