@@ -16,7 +16,9 @@ so (``sq.done``), or answers ``sq.busy`` when its own view of the pool has no ro
 to the head, held a moment). The waiting router puts its place again every ``PUT_AGAIN_S``: the owner ignores a
 place it already has, and one lost with a message or a restarted owner comes back. When the owner dies (its
 heartbeat lapses), the next put takes the lease, and a router that becomes the owner queues its own waiting
-tickets itself, in arrival order. Every router times out its own tickets (``sq.drop`` frees their places).
+tickets itself, in arrival order. Every router times out its own tickets (``sq.drop`` frees their places), and
+the owner drops the places of a router whose heartbeat lapsed (its callers are gone with it; its tasks in the
+durable record are taken over after their leases lapse).
 """
 
 from __future__ import annotations
@@ -192,6 +194,12 @@ class SessionQueues:
         for tid, ticket in list(self.places.items()):  # places the scheduler timed out
             if ticket.started.done() and tid not in self.granted:
                 del self.places[tid]
+        origins = sorted({t.origin for t in self.places.values() if t.origin is not None})
+        if origins:
+            beats = await self.broker.redis.mget([self.broker.key("router", o) for o in origins])
+            dead = {o for o, beat in zip(origins, beats, strict=True) if beat is None}
+            if dead:
+                self.routers_gone(dead)
         await self._refresh_waiting()
 
     def _hand_over(self, sid: str, holder: str) -> None:
@@ -346,6 +354,19 @@ class SessionQueues:
         granted = self.granted.pop(str(ev["task"]), None)
         if granted is not None:
             self.scheduler.requeue(granted[0])
+
+    def routers_gone(self, dead: set[str]) -> None:
+        """Routers died (their heartbeats lapsed): their places here are dropped, and a session waiting on a
+        grant one of them will never answer goes on at once. (Their tasks are taken over from the durable record
+        after their leases lapse, by whichever router sweeps first.)"""
+        for tid, ticket in list(self.places.items()):
+            if ticket.origin not in dead:
+                continue
+            del self.places[tid]
+            if self.granted.pop(tid, None) is not None:
+                self.scheduler.hold(ticket.spec.session.id, 0.0)
+            if not ticket.started.done():
+                ticket.started.cancel()
 
     def _on_drop(self, ev: dict[str, Any]) -> None:
         tid = str(ev["task"])

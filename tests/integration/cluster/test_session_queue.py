@@ -133,3 +133,28 @@ def test_the_queue_moves_when_its_owner_goes(
     assert {n: r.status_code for n, (_, r) in calls.done.items()} == {"busy": 200, "2": 200, "3": 200}
     assert calls.done["2"][0] < calls.done["3"][0]
     assert not sq.waiting
+
+
+def test_the_places_of_a_router_that_goes_are_dropped(
+    two: tuple[Network, Network], tmp_path: Path, redis_url: str
+) -> None:
+    a, b = two
+    _start(a, b, tmp_path / "shared.db", redis_url)
+    a.add_miner("slow", engine_obj=InstantEngine(capacity=1, token_delay_s=0.3), capacity=1)
+    _until(lambda: len(b.service.hub.remote) == 1)
+    assert _ask(a, max_tokens=1).status_code == 200  # a owns the session's queue
+    calls = Calls()
+    calls.start("busy", a, key=OTHER_KEY, max_tokens=8)
+    _until(lambda: any(link.inflight for link in a.service.hub.links.values()))
+    calls.start("2", b)
+    calls.start("3", b)
+    sq = a.service.session_queues
+    assert sq is not None
+    _until(lambda: len(sq.places) == 2, timeout=5)
+    # b dies without a word (its farewells are lost): its callers are gone, their places must not hold a's queue
+    assert b.service.cluster is not None
+    b.service.cluster.relay.post = lambda router, payload: None  # type: ignore[method-assign]
+    b.stop_router()
+    _until(lambda: not sq.places and a.service.scheduler.depth == 0, timeout=4)
+    calls.join()
+    assert calls.done["busy"][1].status_code == 200
