@@ -77,6 +77,9 @@ def run_cluster_up(
         return 1
     net = Network(data_dir)
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C stops the network even when `up` was started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits SIG_IGN, and so would every process it starts)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         db = asyncio.run(_ensure_database(pg.url, DATABASE))
         console.print(f"PostgreSQL {pg.url.rsplit('@', 1)[-1]}  Redis {redis.url}")
@@ -110,6 +113,7 @@ def run_cluster_up(
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         net.stop()
         with contextlib.suppress(Exception):
             redis.stop()

@@ -126,6 +126,9 @@ def run_up(
     log_start = (net.logs / "router.log").stat().st_size if (net.logs / "router.log").exists() else 0
     url = None
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C stops the network even when `up` was started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits SIG_IGN, and so would every process it starts)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with Progress(
             SpinnerColumn(),
@@ -208,5 +211,6 @@ def run_up(
             net.stop()
         finally:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
             if anvil is not None:
                 anvil.stop()  # type: ignore[attr-defined]
