@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import Coroutine, Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,14 @@ settings.load_profile("hivemesh")
 
 T = TypeVar("T")
 API_KEY = "hm-test-key-0123456789"
+
+
+def until(cond: Callable[[], object], timeout: float = 15.0) -> None:
+    """Wait (polling every 20 ms, from a test's thread) until ``cond()`` holds; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 class LoopThread:
@@ -81,7 +90,8 @@ class Network:
     service: Any = None
     miners: dict[str, Future[Any]] = field(default_factory=dict)
     agents: dict[str, Any] = field(default_factory=dict)
-    engines: dict[str, Any] = field(default_factory=dict)  # engines the fixture built (closed with their miner)
+    # engines the fixture built (closed with their miner)
+    engines: dict[str, Any] = field(default_factory=dict)
     _router: asyncio.Future[Any] | None = None
     _router_cfg: RouterConfig | None = None
     _embedder: Any = None

@@ -8,8 +8,6 @@ as long as the load lasted (seen after a router restart under load)."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import httpx
 
@@ -17,15 +15,8 @@ from hivemesh.config import SessionDefaults
 from hivemesh.engines.instant import InstantEngine
 from hivemesh.protocol import wire
 
-from ..conftest import API_KEY, Network
+from ..conftest import API_KEY, Network, until
 from .test_hostile_miners import add_rogue
-
-
-def _until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def _ask(net: Network, out: dict[str, httpx.Response], name: str, max_tokens: int) -> threading.Thread:
@@ -51,14 +42,14 @@ def test_a_miner_joining_while_a_task_waits_is_welcomed_before_it_is_assigned(ne
     network.add_miner("slow", engine_obj=InstantEngine(capacity=1, token_delay_s=0.2), capacity=1)
     out: dict[str, httpx.Response] = {}
     first = _ask(network, out, "first", 8)  # holds the only slot for 1.6 s
-    _until(
+    until(
         lambda: (
             network.service.scheduler.hub.links
             and all(link.inflight for link in network.service.hub.links.values())
         )
     )
     second = _ask(network, out, "second", 2)
-    _until(lambda: network.service.scheduler.depth == 1)  # it waits for a free miner
+    until(lambda: network.service.scheduler.depth == 1)  # it waits for a free miner
     rogue = add_rogue(network, "honest")  # joins now: the waiting task is assigned to it at once
     kinds = [type(wire.decode_to_miner(f)).__name__ for f in rogue.frames]
     assert kinds[:2] == ["Challenge", "Welcome"]

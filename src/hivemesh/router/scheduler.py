@@ -56,6 +56,23 @@ class Ticket:
     started: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     origin: str | None = None  # the router holding the caller, when it is not this one (a place held here)
 
+    def launch(self) -> None:
+        """Start the task now; its caller hears that it started, or why it could not."""
+        try:
+            self.start()
+        except Exception as exc:
+            self.started.set_exception(exc)
+        else:
+            self.started.set_result(None)
+
+    def expire(self, queue_timeout_s: float) -> None:
+        """Its caller hears that no miner became free in time (503)."""
+        self.started.set_exception(
+            NoMinerAvailable(
+                f"no miner for {self.spec.model!r} became free within {queue_timeout_s:.0f}s", retry_after=2
+            )
+        )
+
 
 class Scheduler:
     def __init__(self, hub: MinerHub, *, queue_timeout_s: float) -> None:
@@ -155,12 +172,7 @@ class Scheduler:
                     if t.origin is not None:  # its router times it out and tells its caller
                         t.started.cancel()
                     elif not t.started.done():
-                        t.started.set_exception(
-                            NoMinerAvailable(
-                                f"no miner for {t.spec.model!r} became free within {self.queue_timeout_s:.0f}s",
-                                retry_after=2,
-                            )
-                        )
+                        t.expire(self.queue_timeout_s)
                 if not q:
                     self._drop(sid)
                     continue
@@ -173,12 +185,7 @@ class Scheduler:
                     self.queues.move_to_end(sid)  # round-robin: this session goes to the back
                     if not q:
                         self._drop(sid)
-                    try:
-                        t.start()
-                    except Exception as exc:
-                        t.started.set_exception(exc)
-                    else:
-                        t.started.set_result(None)
+                    t.launch()
                     progressed = True
                     break
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hivemesh.cluster.broker import Broker
-from hivemesh.errors import NoMinerAvailable
 from hivemesh.protocol.wire import SamplingParams
 from hivemesh.router.domain import SessionSpec, TaskSpec
 from hivemesh.router.relay import Relay
@@ -260,12 +259,7 @@ class SessionQueues:
             elif now - t.enqueued > self.queue_timeout_s:
                 self.waiting.pop(tid, None)
                 self.relay.post(w.owner, {"op": "sq.drop", "task": tid})
-                t.started.set_exception(
-                    NoMinerAvailable(
-                        f"no miner for {t.spec.model!r} became free within {self.queue_timeout_s:.0f}s",
-                        retry_after=2,
-                    )
-                )
+                t.expire(self.queue_timeout_s)
             elif now - w.put_at >= PUT_AGAIN_S:
                 sid = t.spec.session.id
                 holder = await self.owner(sid)
@@ -290,12 +284,7 @@ class SessionQueues:
             self.relay.post(str(ev["from"]), {"op": "sq.busy", "task": tid})
             return
         del self.waiting[tid]
-        try:
-            t.start()
-        except Exception as exc:
-            t.started.set_exception(exc)
-        else:
-            t.started.set_result(None)
+        t.launch()
         self.relay.post(str(ev["from"]), {"op": "sq.done", "task": tid})
 
     def _on_moved(self, ev: dict[str, Any]) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,17 +17,10 @@ from hivemesh.config import SessionDefaults
 from hivemesh.engines.instant import InstantEngine
 from hivemesh.router import cluster
 
-from ...conftest import API_KEY, Network
+from ...conftest import API_KEY, Network, until
 
 MODEL = "instant-echo"
 OTHER_KEY = "hm-test-key-other-0123456789"
-
-
-def _until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def _ask(net: Network, key: str, max_tokens: int) -> httpx.Response:
@@ -59,7 +50,7 @@ def test_a_task_waits_for_a_relayed_node_that_was_busy(
         )
     for name in ("slow", "v") if mode == "token" else ("slow",):
         b.add_miner(name, engine_obj=InstantEngine(capacity=1, token_delay_s=0.2), capacity=1)
-    _until(lambda: len(a.service.hub.remote) == len(b.service.hub.links))
+    until(lambda: len(a.service.hub.remote) == len(b.service.hub.links))
     done: dict[str, httpx.Response] = {}
 
     def busy() -> None:
@@ -67,7 +58,7 @@ def test_a_task_waits_for_a_relayed_node_that_was_busy(
 
     t = threading.Thread(target=busy, daemon=True)
     t.start()
-    _until(lambda: any(link.inflight for link in b.service.hub.links.values()))
+    until(lambda: any(link.inflight for link in b.service.hub.links.values()))
     r = _ask(a, API_KEY, 2)  # a sees the node free: its holder answers busy, and the task waits for it
     t.join(30)
     assert r.status_code == 200, r.text

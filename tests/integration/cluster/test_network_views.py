@@ -11,26 +11,17 @@ With one miner on A and two on B, router A's views count all three, each once, w
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ...conftest import API_KEY, Network
+from ...conftest import API_KEY, Network, until
 
 MODEL = "instant-echo"
 H = {"authorization": f"Bearer {API_KEY}"}
 pytestmark = pytest.mark.postgres
-
-
-def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def _samples(text: str) -> dict[tuple[str, str, str], float]:
@@ -52,7 +43,7 @@ def split(pg_database: str, redis_url: str, two: tuple[Network, Network]) -> dic
         net.start_router(database_url=pg_database, ledger_url=pg_database, cluster_url=redis_url)
     on_a = {a.add_miner("p", capacity=3).identity.address}
     on_b = {b.add_miner(name, capacity=2).identity.address for name in "qr"}
-    _until(lambda: set(a.service.hub.remote) == on_b and set(b.service.hub.remote) == on_a)
+    until(lambda: set(a.service.hub.remote) == on_b and set(b.service.hub.remote) == on_a, timeout=10.0)
     return {"a": a, "b": b, "on_a": on_a, "on_b": on_b}
 
 

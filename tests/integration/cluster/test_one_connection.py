@@ -13,7 +13,6 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,19 +28,12 @@ from hivemesh.miner.agent import MinerAgent
 from hivemesh.protocol import wire
 from hivemesh.router.links import RelayLink
 
-from ...conftest import API_KEY, Network
+from ...conftest import API_KEY, Network, until
 from ...unit.router.memory import Pipe, join
 
 MODEL = "instant-echo"
 H = {"authorization": f"Bearer {API_KEY}"}
 pytestmark = pytest.mark.postgres
-
-
-def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 # the servers' fixtures come before ``two`` in each test: the routers stop before their database is dropped
@@ -76,7 +68,7 @@ def test_a_node_connected_to_one_router_is_refused_by_another_and_moves_when_it_
     _start(a, b, pg_database, redis_url)
     router_a = a.service.identity.address
     node = a.add_miner("n", reconnect_max_s=1.0).identity.address
-    _until(lambda: node in b.service.hub.remote)
+    until(lambda: node in b.service.hub.remote, timeout=10.0)
 
     # a second miner process with the same key dials B
     key = b.data_dir / "miners" / "n" / "node.key"
@@ -89,7 +81,7 @@ def test_a_node_connected_to_one_router_is_refused_by_another_and_moves_when_it_
     def refusals() -> list[logging.LogRecord]:  # B's, one per hello it refused
         return [r for r in caplog.records if "reason=held elsewhere" in r.getMessage()]
 
-    _until(lambda: len(refusals()) >= 4)
+    until(lambda: len(refusals()) >= 4, timeout=10.0)
     # back-off, not a spin: four refused hellos take at least 0.2 + 0.4 + 0.8 s of waiting
     assert time.monotonic() - started >= 1.4
     assert all(node in r.getMessage() and router_a in r.getMessage() for r in refusals())
@@ -116,7 +108,7 @@ def test_a_node_connected_to_one_router_is_refused_by_another_and_moves_when_it_
 
     # A stops: its entries go with it, and the twin's next retry is welcomed by B
     a.stop_router()
-    _until(lambda: node in b.service.hub.links and twin.connected.is_set(), timeout=15)
+    until(lambda: node in b.service.hub.links and twin.connected.is_set(), timeout=15)
     assert _held(b, node) == 1 and node not in b.service.hub.remote
     r = _ask(b)
     assert r.status_code == 200, r.text
@@ -140,16 +132,16 @@ def test_two_links_to_one_node_leave_one_and_the_losers_task_fails_over(
         pipes.append(await join(net.service.hub, MinerAgent(cfg, identity, engine)))
 
     a.lt.run(connect(a))
-    _until(lambda: node in b.service.hub.remote)
+    until(lambda: node in b.service.hub.remote, timeout=10.0)
 
     other = b.add_miner("m").identity.address  # somewhere for the task to go
-    _until(lambda: other in a.service.hub.remote)
+    until(lambda: other in a.service.hub.remote, timeout=10.0)
 
     # a task on A runs on the node through A's link (the draw may pick the other node: then ask again)
     pool = ThreadPoolExecutor(1)
     for _ in range(20):
         reply = pool.submit(_ask, a)
-        _until(lambda f=reply: a.service.hub.links[node].inflight == 1 or f.done())
+        until(lambda f=reply: a.service.hub.links[node].inflight == 1 or f.done(), timeout=10.0)
         if not reply.done():
             break
         assert reply.result().status_code == 200
@@ -166,7 +158,7 @@ def test_two_links_to_one_node_leave_one_and_the_losers_task_fails_over(
 
     a.lt.run(race())
     # B claimed the missing entry first: on every router, Redis's entry says B, so A's link is the one closed
-    _until(lambda: node not in a.service.hub.links)
+    until(lambda: node not in a.service.hub.links, timeout=10.0)
     assert node in b.service.hub.links
     holder = a.service.hub.remote[node]
     assert isinstance(holder, RelayLink) and holder.holder == router_b
@@ -186,7 +178,7 @@ def test_two_links_to_one_node_leave_one_and_the_losers_task_fails_over(
     assert r.status_code == 200, r.text
     assert r.json()["hivemesh"]["answered_by"] == other
     task_id = r.json()["hivemesh"]["task_id"]
-    _until(lambda: (a.lt.run(a.service.store.get_task(task_id)) or {}).get("phase") == "ended")
+    until(lambda: (a.lt.run(a.service.store.get_task(task_id)) or {}).get("phase") == "ended", timeout=10.0)
     assert router_a not in {ln.holder for ln in b.service.hub.remote.values()}
     for p in pipes:
         a.lt.run(asyncio.wait_for(p.cut(), 5))

@@ -7,25 +7,16 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from hivemesh.config import SessionDefaults
 
-from ...conftest import API_KEY, Network
+from ...conftest import API_KEY, Network, until
 
 MODEL = "instant-echo"
 H = {"authorization": f"Bearer {API_KEY}"}
-
-
-def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def _start(a: Network, b: Network, db: Path, redis_url: str) -> None:
@@ -53,14 +44,14 @@ def test_a_router_without_miners_serves_verified_through_another(
     a, b = two
     _start(a, b, tmp_path / "shared.db", redis_url)
     nodes = {b.add_miner(name).identity.address for name in "xyz"}
-    _until(lambda: set(a.service.hub.remote) == nodes)
+    until(lambda: set(a.service.hub.remote) == nodes, timeout=10.0)
     assert not a.service.hub.links
     for _ in range(3):
         out = _ask(a)
         assert out["verdict"] == "verified" and set(out["miners"]) == nodes  # type: ignore[arg-type]
     # every reservation made through the relay was given back on both sides
-    _until(lambda: all(ln.inflight == 0 for ln in b.service.hub.links.values()))
-    _until(lambda: all(ln.inflight == 0 for ln in a.service.hub.remote.values()))
+    until(lambda: all(ln.inflight == 0 for ln in b.service.hub.links.values()), timeout=10.0)
+    until(lambda: all(ln.inflight == 0 for ln in a.service.hub.remote.values()), timeout=10.0)
 
 
 def test_miners_spread_over_routers_are_one_pool(
@@ -70,7 +61,7 @@ def test_miners_spread_over_routers_are_one_pool(
     _start(a, b, tmp_path / "shared.db", redis_url)
     on_a = {a.add_miner("p").identity.address}
     on_b = {b.add_miner(name).identity.address for name in "qr"}
-    _until(lambda: set(a.service.hub.remote) == on_b and set(b.service.hub.remote) == on_a)
+    until(lambda: set(a.service.hub.remote) == on_b and set(b.service.hub.remote) == on_a, timeout=10.0)
     for net in (a, b):
         out = _ask(net)
         assert out["verdict"] == "verified" and set(out["miners"]) == on_a | on_b  # type: ignore[arg-type]

@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from hivemesh.engines.instant import InstantEngine
 
-from ...conftest import API_KEY, Network
+from ...conftest import API_KEY, Network, until
 
 MODEL = "instant-echo"
 OTHER_KEY = "hm-test-key-other-0123456789"
-
-
-def _until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def _start(a: Network, b: Network, db: Path, redis_url: str) -> None:
@@ -78,18 +70,18 @@ def test_a_sessions_tasks_wait_in_one_fifo_whichever_router_they_came_through(
     _start(a, b, tmp_path / "shared.db", redis_url)
     # one slow miner with room for one task: while another session's long task holds it, every task waits
     a.add_miner("slow", engine_obj=InstantEngine(capacity=1, token_delay_s=0.2), capacity=1)
-    _until(lambda: len(b.service.hub.remote) == 1)
+    until(lambda: len(b.service.hub.remote) == 1)
     assert _ask(a, max_tokens=1).status_code == 200  # through a: a owns the session's queue from here on
     calls = Calls()
     calls.start("busy", a, key=OTHER_KEY, max_tokens=8)
-    _until(lambda: any(link.inflight for link in a.service.hub.links.values()))
-    _until(lambda: any(link.elsewhere for link in b.service.hub.remote.values()))  # b sees the slot taken
+    until(lambda: any(link.inflight for link in a.service.hub.links.values()))
+    until(lambda: any(link.elsewhere for link in b.service.hub.remote.values()))  # b sees the slot taken
     for name, net in (("2", b), ("3", a), ("4", b), ("5", a)):
         calls.start(name, net)
         time.sleep(0.1)
     # the four waiting tasks are in one queue, on a: b's two only hold places there
     queues = a.service.scheduler.queues
-    _until(lambda: sum(len(q) for q in queues.values()) == 4, timeout=5)
+    until(lambda: sum(len(q) for q in queues.values()) == 4, timeout=5)
     assert len(queues) == 1  # the long task's session queues nothing
     (queue,) = queues.values()
     origins = [t.origin for t in queue]
@@ -107,7 +99,7 @@ def test_a_sessions_tasks_wait_in_one_fifo_whichever_router_they_came_through(
     for net in (a, b):
         sq = net.service.session_queues
         assert sq is not None
-        _until(lambda sq=sq: not sq.waiting and not sq.granted and not sq.places, timeout=5)  # type: ignore[misc]
+        until(lambda sq=sq: not sq.waiting and not sq.granted and not sq.places, timeout=5)  # type: ignore[misc]
 
 
 def test_the_queue_moves_when_its_owner_goes(
@@ -116,17 +108,17 @@ def test_the_queue_moves_when_its_owner_goes(
     a, b = two
     _start(a, b, tmp_path / "shared.db", redis_url)
     b.add_miner("slow", engine_obj=InstantEngine(capacity=1, token_delay_s=0.3), capacity=1)
-    _until(lambda: len(a.service.hub.remote) == 1)
+    until(lambda: len(a.service.hub.remote) == 1)
     assert _ask(a).status_code == 200  # the session's queue is a's now (the task ran on b's miner)
     calls = Calls()
     calls.start("busy", b, key=OTHER_KEY, max_tokens=8)  # another session holds the one slot for a while
-    _until(lambda: any(link.inflight for link in b.service.hub.links.values()))
+    until(lambda: any(link.inflight for link in b.service.hub.links.values()))
     calls.start("2", b)
     time.sleep(0.15)
     calls.start("3", b)
     sq = b.service.session_queues
     assert sq is not None
-    _until(lambda: len(sq.waiting) == 2, timeout=5)
+    until(lambda: len(sq.waiting) == 2, timeout=5)
     assert {w.owner for w in sq.waiting.values()} == {a.service.identity.address}
     a.stop_router()  # the owner goes: b takes the queue over and serves what waited there
     calls.join()
@@ -141,20 +133,20 @@ def test_the_places_of_a_router_that_goes_are_dropped(
     a, b = two
     _start(a, b, tmp_path / "shared.db", redis_url)
     a.add_miner("slow", engine_obj=InstantEngine(capacity=1, token_delay_s=0.3), capacity=1)
-    _until(lambda: len(b.service.hub.remote) == 1)
+    until(lambda: len(b.service.hub.remote) == 1)
     assert _ask(a, max_tokens=1).status_code == 200  # a owns the session's queue
     calls = Calls()
     calls.start("busy", a, key=OTHER_KEY, max_tokens=8)
-    _until(lambda: any(link.inflight for link in a.service.hub.links.values()))
+    until(lambda: any(link.inflight for link in a.service.hub.links.values()))
     calls.start("2", b)
     calls.start("3", b)
     sq = a.service.session_queues
     assert sq is not None
-    _until(lambda: len(sq.places) == 2, timeout=5)
+    until(lambda: len(sq.places) == 2, timeout=5)
     # b dies without a word (its farewells are lost): its callers are gone, their places must not hold a's queue
     assert b.service.cluster is not None
     b.service.cluster.relay.post = lambda router, payload: None  # type: ignore[method-assign]
     b.stop_router()
-    _until(lambda: not sq.places and a.service.scheduler.depth == 0, timeout=4)
+    until(lambda: not sq.places and a.service.scheduler.depth == 0, timeout=4)
     calls.join()
     assert calls.done["busy"][1].status_code == 200
