@@ -63,18 +63,25 @@ class Calls:
             t.join(90)
 
 
+def _owned_and_full(owner: Network, holder: Network, other: Network, delay_s: float) -> Calls:
+    """``owner`` owns the session's queue (a task went through it), and the one slot of the one slow miner
+    ``holder`` holds (``other`` sees it through the relay) is taken by another session's long task (``busy``):
+    every task of the session waits from here on."""
+    holder.add_miner("slow", engine_obj=InstantEngine(capacity=1, token_delay_s=delay_s), capacity=1)
+    until(lambda: len(other.service.hub.remote) == 1)
+    assert _ask(owner, max_tokens=1).status_code == 200
+    calls = Calls()
+    calls.start("busy", holder, key=OTHER_KEY, max_tokens=8)
+    until(lambda: any(link.inflight for link in holder.service.hub.links.values()))
+    return calls
+
+
 def test_a_sessions_tasks_wait_in_one_fifo_whichever_router_they_came_through(
     two: tuple[Network, Network], tmp_path: Path, redis_url: str
 ) -> None:
     a, b = two
     _start(a, b, tmp_path / "shared.db", redis_url)
-    # one slow miner with room for one task: while another session's long task holds it, every task waits
-    a.add_miner("slow", engine_obj=InstantEngine(capacity=1, token_delay_s=0.2), capacity=1)
-    until(lambda: len(b.service.hub.remote) == 1)
-    assert _ask(a, max_tokens=1).status_code == 200  # through a: a owns the session's queue from here on
-    calls = Calls()
-    calls.start("busy", a, key=OTHER_KEY, max_tokens=8)
-    until(lambda: any(link.inflight for link in a.service.hub.links.values()))
+    calls = _owned_and_full(a, a, b, 0.2)
     until(lambda: any(link.elsewhere for link in b.service.hub.remote.values()))  # b sees the slot taken
     for name, net in (("2", b), ("3", a), ("4", b), ("5", a)):
         calls.start(name, net)
@@ -107,12 +114,7 @@ def test_the_queue_moves_when_its_owner_goes(
 ) -> None:
     a, b = two
     _start(a, b, tmp_path / "shared.db", redis_url)
-    b.add_miner("slow", engine_obj=InstantEngine(capacity=1, token_delay_s=0.3), capacity=1)
-    until(lambda: len(a.service.hub.remote) == 1)
-    assert _ask(a).status_code == 200  # the session's queue is a's now (the task ran on b's miner)
-    calls = Calls()
-    calls.start("busy", b, key=OTHER_KEY, max_tokens=8)  # another session holds the one slot for a while
-    until(lambda: any(link.inflight for link in b.service.hub.links.values()))
+    calls = _owned_and_full(a, b, a, 0.3)  # a owns the queue; the one slot is b's miner's
     calls.start("2", b)
     time.sleep(0.15)
     calls.start("3", b)
@@ -132,12 +134,7 @@ def test_the_places_of_a_router_that_goes_are_dropped(
 ) -> None:
     a, b = two
     _start(a, b, tmp_path / "shared.db", redis_url)
-    a.add_miner("slow", engine_obj=InstantEngine(capacity=1, token_delay_s=0.3), capacity=1)
-    until(lambda: len(b.service.hub.remote) == 1)
-    assert _ask(a, max_tokens=1).status_code == 200  # a owns the session's queue
-    calls = Calls()
-    calls.start("busy", a, key=OTHER_KEY, max_tokens=8)
-    until(lambda: any(link.inflight for link in a.service.hub.links.values()))
+    calls = _owned_and_full(a, a, b, 0.3)
     calls.start("2", b)
     calls.start("3", b)
     sq = a.service.session_queues
