@@ -7,6 +7,9 @@ by the first router that queues a task of the session (or when the owner's lease
 renewed by the owner every ``RENEW_S`` while it has queued the session's tasks in the last ``KEEP_S``, and taken
 over by another router only after it expires or its owner is dead.
 
+While the broker is unreachable a router queues its tasks itself, as a router on its own does (the leases and
+places are back within a renew period of the broker's return).
+
 The tasks stay where their callers are. A router that does not own the session's queue keeps its ticket. While
 nothing of the session waits at the owner (the owner's flag ``sqw:<session>``, read with the lease) and the pool
 has room, it starts the task at once; otherwise it sends the owner a place in the queue (``sq.put``) over the relay. The owner queues that place with its own tickets, in
@@ -30,6 +33,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from hivemesh.cluster.broker import Broker
 from hivemesh.protocol.wire import SamplingParams
@@ -218,7 +223,16 @@ class SessionQueues:
         """The scheduler's gate: False when this router owns the session's queue (queue the ticket here); else
         send the owner a place and wait until the ticket started (True), or raise as the scheduler would."""
         sid = ticket.spec.session.id
-        holder, waits = await self._owner(sid)
+        try:
+            holder, waits = await self._owner(sid)
+        except (
+            RedisError,
+            OSError,
+        ) as exc:  # the broker is away: this router queues on its own until it is back
+            log.warning(
+                "session queue owner unknown, queueing here session_id=%s error=%s", sid, str(exc)[:200]
+            )
+            return False
         if holder == self.me:
             self.used[sid] = time.monotonic()
             return False
@@ -303,7 +317,10 @@ class SessionQueues:
     async def _accept(self, ev: dict[str, Any]) -> None:
         tid, origin = str(ev["task"]), str(ev["from"])
         session = SessionSpec(**ev["session"])
-        holder = await self.owner(session.id)
+        try:
+            holder = await self.owner(session.id)
+        except (RedisError, OSError):  # the broker is away: its router puts the place again
+            return
         if holder != self.me:
             self.relay.post(origin, {"op": "sq.moved", "task": tid})
             return

@@ -147,3 +147,20 @@ def test_the_places_of_a_router_that_goes_are_dropped(
     until(lambda: not sq.places and a.service.scheduler.depth == 0, timeout=4)
     calls.join()
     assert calls.done["busy"][1].status_code == 200
+
+
+def test_with_the_broker_gone_a_router_queues_on_its_own(
+    two: tuple[Network, Network], tmp_path: Path
+) -> None:
+    """The session queues fail open, as presence and the shared limits do: no broker, no 5xx."""
+    from hivemesh.cluster import RedisServer
+
+    a, b = two
+    with RedisServer.running() as redis:
+        _start(a, b, tmp_path / "shared.db", redis.url)
+        a.add_miner("m")
+        until(lambda: len(b.service.hub.remote) == 1)
+        assert _ask(b).status_code == 200  # b owns the session's queue, for a while
+        redis.stop()
+        r = _ask(a)  # a does not own it and cannot ask who does: it queues the task itself
+        assert r.status_code == 200, r.text
