@@ -167,6 +167,34 @@ class SessionQueues:
             if now - at > KEEP_S and sid not in self.scheduler.queues:
                 del self.used[sid]
                 self.owned.pop(sid, None)
+        try:
+            await self._renew_leases(now)
+        except (RedisError, OSError) as exc:  # they lapse; taken again when the broker is back
+            log.warning("session queue leases not renewed error=%s", str(exc)[:200])
+        # the flags of queues with tasks waiting live as long as a lease
+        self._dirty.update(self.scheduler.queues)
+        self._flag_wake.set()
+        for tid, (ticket, at) in list(self.granted.items()):
+            if now - at > GRANT_WAIT_S:  # its router never answered: gone, or the grant was lost
+                del self.granted[tid]
+                self.places.pop(tid, None)
+                ticket.started.cancel()
+                self.scheduler.hold(ticket.spec.session.id, 0.0)
+        for tid, ticket in list(self.places.items()):  # places the scheduler timed out
+            if ticket.started.done() and tid not in self.granted:
+                del self.places[tid]
+        origins = sorted({t.origin for t in self.places.values() if t.origin is not None})
+        if origins:
+            try:
+                beats = await self.broker.redis.mget([self.broker.key("router", o) for o in origins])
+            except (RedisError, OSError):
+                beats = [b"?"] * len(origins)  # unknown: alive, until the broker says otherwise
+            dead = {o for o, beat in zip(origins, beats, strict=True) if beat is None}
+            if dead:
+                self.routers_gone(dead)
+        await self._refresh_waiting()
+
+    async def _renew_leases(self, now: float) -> None:
         sids = sorted(set(self.used) | set(self.scheduler.queues))
         if sids:
             pipe = self.broker.redis.pipeline(transaction=False)
@@ -185,26 +213,6 @@ class SessionQueues:
                     self.owned.pop(sid, None)
                     self.used.pop(sid, None)
                     self._hand_over(sid, holder)
-        self._dirty.update(
-            self.scheduler.queues
-        )  # the flags of queues with tasks waiting live as long as a lease
-        self._flag_wake.set()
-        for tid, (ticket, at) in list(self.granted.items()):
-            if now - at > GRANT_WAIT_S:  # its router never answered: gone, or the grant was lost
-                del self.granted[tid]
-                self.places.pop(tid, None)
-                ticket.started.cancel()
-                self.scheduler.hold(ticket.spec.session.id, 0.0)
-        for tid, ticket in list(self.places.items()):  # places the scheduler timed out
-            if ticket.started.done() and tid not in self.granted:
-                del self.places[tid]
-        origins = sorted({t.origin for t in self.places.values() if t.origin is not None})
-        if origins:
-            beats = await self.broker.redis.mget([self.broker.key("router", o) for o in origins])
-            dead = {o for o, beat in zip(origins, beats, strict=True) if beat is None}
-            if dead:
-                self.routers_gone(dead)
-        await self._refresh_waiting()
 
     def _hand_over(self, sid: str, holder: str) -> None:
         for ticket in self.scheduler.withdraw(sid):
@@ -276,7 +284,10 @@ class SessionQueues:
                 t.expire(self.queue_timeout_s)
             elif now - w.put_at >= PUT_AGAIN_S:
                 sid = t.spec.session.id
-                holder = await self.owner(sid)
+                try:
+                    holder = await self.owner(sid)
+                except (RedisError, OSError):  # the broker is away (and the relay with it): queue it here
+                    holder = self.me
                 if tid not in self.waiting or t.started.done():
                     continue
                 if holder == self.me:  # its owner is gone: the queue is ours, and so is the ticket's place

@@ -164,3 +164,22 @@ def test_with_the_broker_gone_a_router_queues_on_its_own(
         redis.stop()
         r = _ask(a)  # a does not own it and cannot ask who does: it queues the task itself
         assert r.status_code == 200, r.text
+
+
+def test_a_task_waiting_at_another_routers_queue_is_queued_here_when_the_broker_goes(
+    two: tuple[Network, Network], tmp_path: Path
+) -> None:
+    from hivemesh.cluster import RedisServer
+
+    a, b = two
+    with RedisServer.running() as redis:
+        _start(a, b, tmp_path / "shared.db", redis.url)
+        calls = _owned_and_full(b, a, b, 0.3)  # b owns the queue; the one slot is a's miner's
+        calls.start("2", a)
+        sq = a.service.session_queues
+        assert sq is not None
+        until(lambda: len(sq.waiting) == 1, timeout=5)  # its place is in b's queue
+        redis.stop()  # no grant can come now: a queues the task itself and serves it when its miner is free
+        calls.join()
+    assert {n: r.status_code for n, (_, r) in calls.done.items()} == {"busy": 200, "2": 200}
+    assert not sq.waiting
