@@ -104,7 +104,7 @@ class Broker:
                     await cast(Any, pubsub).aclose()  # typed only in newer redis releases
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
-        channel = msg["channel"].decode() if isinstance(msg["channel"], bytes) else str(msg["channel"])
+        channel = text(msg["channel"])
         data = msg["data"] if isinstance(msg["data"], bytes) else str(msg["data"]).encode()
         for handler in self._handlers.get(channel, ()):
             try:
@@ -119,3 +119,8 @@ class Broker:
                 callback()
             except Exception:
                 log.exception("broker gap callback failed")
+
+
+def text(raw: bytes | str | int) -> str:
+    """A value as Redis returned it (bytes without ``decode_responses``), as text."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -31,7 +31,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from hivemesh.cluster.broker import Broker
+from hivemesh.cluster.broker import Broker, text
 from hivemesh.protocol import wire
 from hivemesh.router.hub import MAX_RECORDED, MinerHub, MinerLink
 from hivemesh.router.links import RelayLink
@@ -113,16 +113,6 @@ class Cluster:
         t = asyncio.create_task(coro)
         self._bg.append(t)
         t.add_done_callback(lambda _: self._bg.remove(t) if t in self._bg else None)
-
-    async def _forever(self, every: float, step: Callable[[], Any]) -> None:
-        while True:
-            try:
-                await step()
-            except (RedisError, OSError) as exc:
-                log.warning("cluster step failed step=%s error=%s", step.__name__, str(exc)[:200])
-            except Exception:
-                log.exception("cluster step crashed step=%s", step.__name__)
-            await asyncio.sleep(every)
 
     # ------------------------------------------------------------------ presence
 
@@ -247,7 +237,7 @@ class Cluster:
         await self.r.set(self.broker.key("router", self.me), str(time.time()), px=int(HEARTBEAT_TTL_S * 1000))
 
     async def _beat_loop(self) -> None:
-        await self._forever(HEARTBEAT_S, self._beat)
+        await forever(HEARTBEAT_S, self._beat)
 
     async def _publish_loads(self) -> None:
         loads: dict[str, tuple[int, int]] = {}
@@ -262,12 +252,12 @@ class Cluster:
             )
 
     async def _load_loop(self) -> None:
-        await self._forever(LOAD_S, self._publish_loads)
+        await forever(LOAD_S, self._publish_loads)
 
     async def _resync(self) -> None:
         """Re-read the whole presence: add nodes missed, drop those whose router's heartbeat has expired."""
         entries = await self.r.hgetall(self.broker.key("nodes"))
-        parsed = {_text(k): json.loads(v) for k, v in entries.items()}
+        parsed = {text(k): json.loads(v) for k, v in entries.items()}
         routers = sorted({e["router"] for e in parsed.values()})
         beats = await self.r.mget([self.broker.key("router", r) for r in routers]) if routers else []
         alive = dict(zip(routers, beats, strict=True))
@@ -303,7 +293,7 @@ class Cluster:
 
     async def _resync_loop(self) -> None:
         await asyncio.sleep(RESYNC_S)
-        await self._forever(RESYNC_S, self._resync)
+        await forever(RESYNC_S, self._resync)
 
     # ------------------------------------------------------------------ task ownership
 
@@ -312,7 +302,7 @@ class Cluster:
             await self.leases.step()
             self.relay.purge()
 
-        await self._forever(LEASE_RENEW_S, step)
+        await forever(LEASE_RENEW_S, step)
 
     @property
     def taken_over(self) -> int:
@@ -324,10 +314,6 @@ class Cluster:
         self.relay.release(link)
 
 
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
-
-
 def _hardware(raw: Any) -> wire.Hardware:
     """A presence entry's hardware (written by another router from its node's hello); the defaults if absent or
     not valid (an entry from an older router)."""
@@ -335,3 +321,16 @@ def _hardware(raw: Any) -> wire.Hardware:
         return wire.Hardware.model_validate(raw) if raw else wire.Hardware()
     except ValueError:
         return wire.Hardware()
+
+
+async def forever(every: float, step: Callable[[], Any]) -> None:
+    """Run ``step`` every ``every`` seconds until cancelled; a failing step (the broker away) is logged, and the
+    next one runs on time."""
+    while True:
+        try:
+            await step()
+        except (RedisError, OSError) as exc:
+            log.warning("cluster step failed step=%s error=%s", step.__name__, str(exc)[:200])
+        except Exception:
+            log.exception("cluster step crashed step=%s", step.__name__)
+        await asyncio.sleep(every)

@@ -67,7 +67,10 @@ class RouterService:
         if self.billing is not None:
             self.hub.on_strike = self._on_strike
             self.hub.admit = self._admit
-        self.reputation = Reputation(store, refresh_s=5.0 if broker is not None else STANDALONE_REFRESH_S)
+        # a router on its own is its reputation rows' only writer: it reads them back only as a safety net
+        self.reputation = (
+            Reputation(store) if broker is not None else Reputation(store, refresh_s=STANDALONE_REFRESH_S)
+        )
         self.hub.reputation = self.reputation
         self.reputation.on_refresh = self.hub.rescore  # other routers' work moves the node pool's indexes too
         self.scheduler = Scheduler(self.hub, queue_timeout_s=config.queue_timeout_s)
@@ -129,9 +132,8 @@ class RouterService:
         """Tasks this router owns now: running, queued for miners, or being recovered (their leases renewed)."""
         ids = set(self._drives) | self._recovering
         for q in self.scheduler.queues.values():
-            ids.update(
-                t.spec.id for t in q if t.origin is None
-            )  # a place held for another router is not ours
+            # a place held here for another router is that router's
+            ids.update(t.spec.id for t in q if t.origin is None)
         if self.session_queues is not None:
             ids.update(self.session_queues.waiting)  # ours, waiting in another router's queue
         return ids

@@ -36,8 +36,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from hivemesh.cluster.broker import Broker
+from hivemesh.cluster.broker import Broker, text
 from hivemesh.protocol.wire import SamplingParams
+from hivemesh.router.cluster import forever
 from hivemesh.router.domain import SessionSpec, TaskSpec
 from hivemesh.router.relay import Relay
 from hivemesh.router.scheduler import Scheduler, Ticket
@@ -88,9 +89,8 @@ class SessionQueues:
         self.owned: dict[str, float] = {}  # session id -> monotonic time our lease surely lives until
         self.used: dict[str, float] = {}  # session id -> when we last queued one of its tasks (as owner)
         self.waiting: dict[str, Waiting] = {}  # task id -> our ticket waiting at another router's queue
-        self._dirty: set[str] = (
-            set()
-        )  # sessions whose queue here became empty or not since the flags were written
+        # sessions whose queue here became empty or not since the flags were written
+        self._dirty: set[str] = set()
         self._flag_wake = asyncio.Event()
         self.places: dict[str, Ticket] = {}  # task id -> another router's place in one of our queues
         self.granted: dict[str, tuple[Ticket, float]] = {}  # task id -> a place granted, not yet answered for
@@ -106,8 +106,20 @@ class SessionQueues:
 
     # ------------------------------------------------------------------ ownership
 
-    def _keys(self, session_id: str) -> list[str]:
-        return [self.broker.key("sq", session_id), self.broker.key("sqw", session_id)]
+    async def _ask(self, session_id: str, client: Any = None) -> Any:
+        """Run the acquire script for the session (on ``client``, a pipeline, when given)."""
+        return await self._acquire(
+            keys=[self.broker.key("sq", session_id), self.broker.key("sqw", session_id)],
+            args=[self.me, int(TTL_S * 1000), self.broker.key("router", "")],
+            client=client,
+        )
+
+    def _learned(self, session_id: str, holder: str, now: float) -> None:
+        """What the broker said about the session's queue: ours (until when, surely), or not."""
+        if holder == self.me:
+            self.owned[session_id] = now + TTL_S - RENEW_S
+        else:
+            self.owned.pop(session_id, None)
 
     async def owner(self, session_id: str) -> str:
         """The router that owns the session's queue (taking it when it is free, lapsed or its owner is dead)."""
@@ -118,14 +130,9 @@ class SessionQueues:
         now = time.monotonic()
         if self.owned.get(session_id, 0.0) > now:
             return self.me, False
-        raw = await self._acquire(
-            keys=self._keys(session_id), args=[self.me, int(TTL_S * 1000), self.broker.key("router", "")]
-        )
-        holder, waits = _text(raw[0]), bool(int(raw[1]))
-        if holder == self.me:
-            self.owned[session_id] = now + TTL_S - RENEW_S
-        else:
-            self.owned.pop(session_id, None)
+        raw = await self._ask(session_id)
+        holder, waits = text(raw[0]), bool(int(raw[1]))
+        self._learned(session_id, holder, now)
         return holder, waits
 
     def changed(self, session_id: str) -> None:
@@ -174,12 +181,9 @@ class SessionQueues:
         # the flags of queues with tasks waiting live as long as a lease
         self._dirty.update(self.scheduler.queues)
         self._flag_wake.set()
-        for tid, (ticket, at) in list(self.granted.items()):
+        for tid, (_, at) in list(self.granted.items()):
             if now - at > GRANT_WAIT_S:  # its router never answered: gone, or the grant was lost
-                del self.granted[tid]
-                self.places.pop(tid, None)
-                ticket.started.cancel()
-                self.scheduler.hold(ticket.spec.session.id, 0.0)
+                self._forget_place(tid)
         for tid, ticket in list(self.places.items()):  # places the scheduler timed out
             if ticket.started.done() and tid not in self.granted:
                 del self.places[tid]
@@ -199,18 +203,12 @@ class SessionQueues:
         if sids:
             pipe = self.broker.redis.pipeline(transaction=False)
             for sid in sids:
-                await self._acquire(
-                    keys=self._keys(sid),
-                    args=[self.me, int(TTL_S * 1000), self.broker.key("router", "")],
-                    client=pipe,
-                )
+                await self._ask(sid, client=pipe)
             answers = await pipe.execute()
             for sid, raw in zip(sids, answers, strict=True):
-                holder = _text(raw[0])
-                if holder == self.me:
-                    self.owned[sid] = now + TTL_S - RENEW_S
-                else:
-                    self.owned.pop(sid, None)
+                holder = text(raw[0])
+                self._learned(sid, holder, now)
+                if holder != self.me:
                     self.used.pop(sid, None)
                     self._hand_over(sid, holder)
 
@@ -233,10 +231,7 @@ class SessionQueues:
         sid = ticket.spec.session.id
         try:
             holder, waits = await self._owner(sid)
-        except (
-            RedisError,
-            OSError,
-        ) as exc:  # the broker is away: this router queues on its own until it is back
+        except (RedisError, OSError) as exc:  # the broker is away: queue here, on our own, until it is back
             log.warning(
                 "session queue owner unknown, queueing here session_id=%s error=%s", sid, str(exc)[:200]
             )
@@ -362,10 +357,8 @@ class SessionQueues:
 
     def _on_done(self, ev: dict[str, Any]) -> None:
         tid = str(ev["task"])
-        granted = self.granted.pop(tid, None)
+        self._end_grant(tid)
         self.places.pop(tid, None)
-        if granted is not None:
-            self.scheduler.hold(granted[0].spec.session.id, 0.0)
 
     def _on_busy(self, ev: dict[str, Any]) -> None:
         granted = self.granted.pop(str(ev["task"]), None)
@@ -377,40 +370,30 @@ class SessionQueues:
         grant one of them will never answer goes on at once. (Their tasks are taken over from the durable record
         after their leases lapse, by whichever router sweeps first.)"""
         for tid, ticket in list(self.places.items()):
-            if ticket.origin not in dead:
-                continue
-            del self.places[tid]
-            if self.granted.pop(tid, None) is not None:
-                self.scheduler.hold(ticket.spec.session.id, 0.0)
-            if not ticket.started.done():
-                ticket.started.cancel()
+            if ticket.origin in dead:
+                self._forget_place(tid)
 
     def _on_drop(self, ev: dict[str, Any]) -> None:
-        tid = str(ev["task"])
+        self._forget_place(str(ev["task"]))
+
+    def _end_grant(self, tid: str) -> None:
+        """The grant of a place was answered (or never will be): its session's queue goes on."""
         granted = self.granted.pop(tid, None)
         if granted is not None:
             self.scheduler.hold(granted[0].spec.session.id, 0.0)
+
+    def _forget_place(self, tid: str) -> None:
+        """A place ends (dropped, its router gone, its grant unanswered): a place still queued is cancelled (the
+        scheduler drops it when it reaches the head), and a session waiting on its grant goes on."""
+        self._end_grant(tid)
         ticket = self.places.pop(tid, None)
         if ticket is not None and not ticket.started.done():
-            ticket.started.cancel()  # the scheduler drops it when it reaches the head
+            ticket.started.cancel()
 
 
 async def renew_forever(queues: SessionQueues) -> None:
     flags = asyncio.create_task(queues.flag_loop(), name="session-queue-flags")
     try:
-        await _renew_loop(queues)
+        await forever(RENEW_S, queues.renew)
     finally:
         flags.cancel()
-
-
-async def _renew_loop(queues: SessionQueues) -> None:
-    while True:
-        try:
-            await queues.renew()
-        except Exception as exc:  # the broker away: the leases lapse, and are taken again when it is back
-            log.warning("session queues not renewed error=%s", str(exc)[:200])
-        await asyncio.sleep(RENEW_S)
-
-
-def _text(raw: bytes | str | int) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from hivemesh.cluster.broker import Broker
+from hivemesh.cluster.broker import Broker, text
 from hivemesh.store import schema as s
 from hivemesh.store.db import Row, Store
 
@@ -64,7 +64,7 @@ class TaskLeases:
         if await r.set(key, self.me, px=int(LEASE_TTL_S * 1000), nx=True):
             return True
         holder = await r.get(key)
-        return holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == self.me
+        return holder is not None and text(holder) == self.me
 
     async def sweep(self) -> None:
         """Unfinished tasks whose owner's lease has lapsed: take them over and finish them."""

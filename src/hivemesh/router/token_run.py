@@ -34,13 +34,12 @@ from hivemesh.protocol.wire import NodeId
 from hivemesh.router.domain import Outcome, TaskSpec, Verdict
 from hivemesh.router.hub import MinerHub, MinerLink
 from hivemesh.router.record import ROW_DELAY_S, TaskRecord
-from hivemesh.router.runner import StreamEnd, TaskRun, draw_for
+from hivemesh.router.runner import BUSY_RETRY_S, StreamEnd, TaskRun, draw_for
 from hivemesh.store.db import Store
 
 log = logging.getLogger(__name__)
 
 VERIFIER_WAIT_S = 0.05  # how often a verifier draw that found every verifier busy is tried again
-BUSY_RETRY_S = 0.2  # a relayed node whose router answered busy is not drawn again for this long
 VERIFIER_QUEUE_S = 30.0  # how long a claim waits for a busy verifier before it is delivered unverified
 
 
@@ -108,10 +107,8 @@ class TokenRun:
         self._effects: list[pouw.Effect] = []
         self._draw_retry: pouw.Draw | None = None
         self._draw_since = 0.0
-        self._draw_role: pouw.Role = "verifier"  # the role of the waiting draw that was last answered
-        self._cooling: dict[
-            str, float
-        ] = {}  # relayed node -> when its router answered busy (skipped a while)
+        # relayed node -> when its router answered busy (not drawn again for BUSY_RETRY_S)
+        self._cooling: dict[str, float] = {}
         self.struck: dict[str, str] = {}  # node -> the last strike this task gave it
         self._row_timer: asyncio.TimerHandle | None = None
         self._index = 0
@@ -351,7 +348,7 @@ class TokenRun:
                 self._free(node)
             self.hub.runs.pop(self.spec.id, None)
 
-    def _take_waiting(self) -> tuple[str, ...] | None:
+    def _take_waiting(self) -> pouw.Drawn | None:
         """Try the waiting draw again: the nodes it reserved, or None while every candidate is busy."""
         d, self._draw_retry = self._draw_retry, None
         if d is None:
@@ -362,14 +359,13 @@ class TokenRun:
             self._draw_retry = d
             return None
         self._unlisten()
-        self._draw_role = d.role
-        return tuple(nodes)
+        return self._drawn(d.role, nodes)
 
     def _capacity_freed(self) -> None:
         """A hub listener while a verifier draw waits: capacity may be free; take it before the scheduler can
         give it to a new task, and hand the draw to the run as an event."""
-        if (nodes := self._take_waiting()) is not None:
-            self.events.put_nowait(self._drawn(self._draw_role, nodes))
+        if (drawn := self._take_waiting()) is not None:
+            self.events.put_nowait(drawn)
 
     def _unlisten(self) -> None:
         with contextlib.suppress(ValueError):
@@ -378,16 +374,16 @@ class TokenRun:
     def _retry_draw(self) -> bool:
         """The run loop's turn at the waiting draw: True when the machine was told (drawn, or given up on)."""
         role = self._draw_retry.role if self._draw_retry is not None else "verifier"
-        nodes = self._take_waiting()
-        if nodes is None:
+        drawn = self._take_waiting()
+        if drawn is None:
             if time.monotonic() - self._draw_since <= min(
                 VERIFIER_QUEUE_S, policy_of(self.spec).verify_timeout_s
             ):
                 return False
             self._draw_retry = None  # waited long enough: the machine decides on what it has
             self._unlisten()
-            nodes = ()
-        self._effects += self.machine.apply(self._drawn(role, nodes))
+            drawn = self._drawn(role, ())
+        self._effects += self.machine.apply(drawn)
         return True
 
     def _free(self, node: str) -> None:
