@@ -41,24 +41,29 @@ def _read_exports(proc: subprocess.Popen[str], timeout: float) -> dict[str, str]
 @pytest.mark.slow
 def test_up_starts_a_verified_network_and_stops_cleanly(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hivemesh.cli.main",
-            "up",
-            "--miners",
-            "3",
-            "--port",
-            "0",
-            "--data-dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
+    # started with SIGINT ignored, as a background job of a non-interactive shell starts it: Ctrl-C must still stop it
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hivemesh.cli.main",
+                "up",
+                "--miners",
+                "3",
+                "--port",
+                "0",
+                "--data-dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         exports = _read_exports(proc, timeout=240)
         client = openai.OpenAI(
